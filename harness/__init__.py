@@ -1,0 +1,11 @@
+"""harness: a config-driven PyTorch training harness.
+
+``harness.run(cfg, run_dir)`` trains from a composed Hydra config; ``train.py`` is a thin shell around it.
+The loop (:mod:`harness.loop`), schedulers, data and models take plain values and torch objects, so they
+work without Hydra.
+"""
+
+from harness.experiment import run
+
+__all__ = ["run", "__version__"]
+__version__ = "0.1.0"

@@ -1,0 +1,20 @@
+"""Errors the harness anticipates. Each carries a one-line message that says what is wrong and how to fix it.
+
+``train.py`` prints these as a single line and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+
+class HarnessError(Exception):
+    """An anticipated failure: bad input rather than a bug."""
+
+
+class ConfigError(HarnessError, ValueError):
+    """A config value that is wrong: names the key, the value and what is allowed."""
+
+
+class DataError(HarnessError):
+    """A data set that cannot be found, read or downloaded."""
+
+
+class TrainingError(HarnessError):
+    """Training cannot go on, e.g. the loss became NaN or infinite."""

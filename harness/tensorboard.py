@@ -1,0 +1,39 @@
+"""The metrics writer: scalars to TensorBoard event files, keyed by the global optimizer step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["TensorBoardLogger"]
+
+
+class TensorBoardLogger:
+    """Writes ``{tag: value}`` scalars at a step into event files under ``log_dir``.
+
+    ``torch.utils.tensorboard`` queues events and writes them from a background thread, so ``log`` does
+    not block the training step. Use as a context manager (or call ``close``) so events reach the disk
+    even when training fails.
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only pay for it when logging
+
+        self.log_dir = Path(log_dir)
+        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Writes each scalar in ``metrics`` at x = ``step``."""
+        for tag, value in metrics.items():
+            self._writer.add_scalar(tag, value, global_step=step)
+
+    def close(self) -> None:
+        """Flushes pending events to disk and closes the file."""
+        self._writer.flush()
+        self._writer.close()
+
+    def __enter__(self) -> TensorBoardLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
