@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> float:
     try:
         metrics = harness.run(cfg, run_dir=HydraConfig.get().runtime.output_dir)
     except HarnessError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         sys.exit(1)
     return metrics["val/loss"]
 

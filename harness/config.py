@@ -67,6 +67,10 @@ def validate(cfg: DictConfig) -> None:
     Args:
         cfg: the composed config (``conf/config.yaml`` plus overrides).
     """
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        key = sorted(missing)[0]
+        raise ConfigError(f"{key} is not set (???); pass it on the command line: {key}=VALUE")
     _integer(cfg, "seed", 0)
     max_epochs = _integer(cfg, "trainer.max_epochs", 1)
     _integer(cfg, "trainer.log_every_n_steps", 1)

@@ -121,8 +121,9 @@ def _torchvision(name: str, cls: Callable, root: str, download: bool, mean, std,
         val = cls(root, train=False, download=download, transform=transform)
     except (RuntimeError, OSError) as e:
         if download:
+            reason = " ".join(str(e).split())[-200:]  # torchvision's message spans lines; keep its end
             raise DataError(
-                f"could not download {name} into {where} ({e}); check the network, or copy the "
+                f"could not download {name} into {where} ({reason}); check the network, or copy the "
                 f"{name} files there yourself and set data.download=false"
             ) from e
         raise DataError(

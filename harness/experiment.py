@@ -61,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _build(group: str, node: DictConfig, drop: tuple[str, ...] = (), **runtime: Any) -> Any:
-    """``instantiate(node)`` without the ``drop`` keys, called with ``runtime`` if it is a partial.
+    """Calls ``node``'s ``_target_`` with its other keys (less ``drop``) and the ``runtime`` arguments.
 
     A constructor's ``ValueError``/``TypeError`` about its arguments becomes a one-line
     :class:`ConfigError` naming the group.
@@ -70,8 +70,8 @@ def _build(group: str, node: DictConfig, drop: tuple[str, ...] = (), **runtime: 
     for key in drop:
         spec.pop(key, None)
     try:
-        built = instantiate(spec, _convert_="all")
-        return built(**runtime) if runtime else built
+        # Always a partial, so errors raised by the target itself surface here unwrapped.
+        return instantiate(spec, _partial_=True, _convert_="all")(**runtime)
     except HarnessError:
         raise
     except InstantiationException as e:

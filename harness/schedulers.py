@@ -51,11 +51,12 @@ def constant_lr(t: float, base_lr: float) -> float:
     return base_lr
 
 
-def _check_number(name: str, value: object, *, minimum: float = 0.0) -> float:
+def _check_number(name: str, value: object, *, positive: bool = False) -> float:
+    """``value`` as a float, if it is a finite number >= 0 (> 0 when ``positive``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name}={value!r} must be a finite number")
-    if value < minimum:
-        raise ValueError(f"{name}={value!r} must be >= {minimum:g}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name}={value!r} must be {'>' if positive else '>='} 0")
     return float(value)
 
 
@@ -100,9 +101,7 @@ class CosineWarmupScheduler(LRScheduler):
         steps_per_epoch: int = 1,
     ) -> None:
         warmup_epochs = _check_number("warmup_epochs", warmup_epochs)
-        total_epochs = _check_number("total_epochs", total_epochs)
-        if total_epochs <= 0:
-            raise ValueError(f"total_epochs={total_epochs:g} must be > 0")
+        total_epochs = _check_number("total_epochs", total_epochs, positive=True)
         if warmup_epochs >= total_epochs:
             raise ValueError(f"warmup_epochs={warmup_epochs:g} must be < total_epochs={total_epochs:g}")
         if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
