@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from harness.config import validate
 from harness.data import make_loaders
@@ -26,7 +28,7 @@ from harness.loop import fit
 from harness.models import count_parameters
 from harness.tensorboard import TensorBoardLogger
 
-__all__ = ["run", "resolve_device", "seed_everything"]
+__all__ = ["run", "build", "Components", "resolve_device", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +82,24 @@ def _build(group: str, node: DictConfig, drop: tuple[str, ...] = (), **runtime: 
         raise ConfigError(f"{group}: {e}") from e
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
-    """Validates ``cfg``, builds data, model, optimizer and scheduler, trains, and returns the final metrics.
+@dataclass
+class Components:
+    """Everything a run trains with, built from the config and ready for :func:`harness.loop.fit`."""
 
-    TensorBoard event files go into ``run_dir``; the writer is closed even when training fails.
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    device: torch.device
+    interval: str
 
-    Args:
-        cfg: a config composed from ``conf/`` (by ``train.py`` or ``hydra.compose``).
-        run_dir: the run's output directory.
 
-    Returns:
-        The metrics of the last epoch (see :func:`harness.loop.fit`).
+def build(cfg: DictConfig) -> Components:
+    """Validates ``cfg``, seeds every generator, and builds data, model, optimizer and scheduler.
 
     Raises:
-        HarnessError: a wrong config value, a missing data set, or a non-finite loss.
+        HarnessError: a wrong config value or a missing data set.
     """
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
@@ -110,22 +116,40 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     scheduler = _build(
         "scheduler", cfg.scheduler, drop=_SCHEDULER_KEYS, optimizer=optimizer, steps_per_epoch=steps_per_epoch
     )
-
     log.info(
         "%s (%d parameters) on %s: %d train / %d val samples, %d steps per epoch",
         type(model).__name__, count_parameters(model), device,
         len(splits.train), len(splits.val), len(train_loader),
     )
+    return Components(model, optimizer, scheduler, train_loader, val_loader, device, interval)
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
+    """Builds the run from ``cfg`` (see :func:`build`), trains it, and returns the final metrics.
+
+    TensorBoard event files go into ``run_dir``; the writer is closed even when training fails.
+
+    Args:
+        cfg: a config composed from ``conf/`` (by ``train.py`` or ``hydra.compose``).
+        run_dir: the run's output directory.
+
+    Returns:
+        The metrics of the last epoch (see :func:`harness.loop.fit`).
+
+    Raises:
+        HarnessError: a wrong config value, a missing data set, or a non-finite loss.
+    """
+    c = build(cfg)
     with TensorBoardLogger(run_dir) as logger:
         metrics = fit(
-            model,
-            optimizer,
-            scheduler,
-            train_loader,
-            val_loader,
+            c.model,
+            c.optimizer,
+            c.scheduler,
+            c.train_loader,
+            c.val_loader,
             max_epochs=cfg.trainer.max_epochs,
-            device=device,
-            interval=interval,
+            device=c.device,
+            interval=c.interval,
             log_every_n_steps=cfg.trainer.log_every_n_steps,
             grad_clip=cfg.trainer.grad_clip,
             logger=logger,

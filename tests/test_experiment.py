@@ -1,0 +1,156 @@
+"""Building runs from the real config: every option of every group, and every bad value's message."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.errors import ConfigError, DataError, HarnessError
+from harness.experiment import build, resolve_device
+from tests.conftest import CONF, FAST, compose_config
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_group_has_its_options():
+    assert options("model") == ["cnn", "mlp", "resnet18"]
+    assert options("data") == ["cifar10", "digits", "fake", "fashion_mnist", "imagefolder", "mnist"]
+    assert options("optimizer") == ["adamw", "sgd"]
+    assert options("scheduler") == ["constant", "cosine_warmup"]
+
+
+def train_one_batch(components) -> float:
+    """One optimizer and scheduler step on one training batch; returns the loss."""
+    model, optimizer = components.model, components.optimizer
+    x, y = next(iter(components.train_loader))
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    components.scheduler.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("group", ["model", "optimizer", "scheduler"])
+def test_every_option_builds_and_trains_a_step(group):
+    for option in options(group):
+        components = build(compose_config([*FAST, f"{group}={option}", "data.batch_size=16"]))
+        loss = train_one_batch(components)
+        assert torch.isfinite(torch.tensor(loss)), option
+        assert components.model(next(iter(components.val_loader))[0]).shape[1] == 10
+
+
+@pytest.fixture
+def data_overrides(mnist_root, cifar_root, imagefolder_root):
+    return {
+        "digits": [],
+        "fake": ["data.train_size=20", "data.val_size=8"],
+        "mnist": [f"data.root={mnist_root}", "data.download=false", "data.num_workers=0"],
+        "fashion_mnist": [f"data.root={mnist_root}", "data.download=false", "data.num_workers=0"],
+        "cifar10": [f"data.root={cifar_root}", "data.download=false", "data.num_workers=0"],
+        "imagefolder": [f"data.root={imagefolder_root}", "data.image_size=16", "data.num_workers=0"],
+    }
+
+
+def test_every_data_option_builds_and_sizes_the_model(data_overrides):
+    expected = {
+        "digits": ((1, 8, 8), 10),
+        "fake": ((3, 32, 32), 10),
+        "mnist": ((1, 28, 28), 10),
+        "fashion_mnist": ((1, 28, 28), 10),
+        "cifar10": ((3, 32, 32), 10),
+        "imagefolder": ((3, 16, 16), 3),
+    }
+    assert sorted(data_overrides) == options("data")
+    for option, overrides in data_overrides.items():
+        for model in options("model"):
+            cfg = compose_config([*FAST, f"data={option}", f"model={model}", "data.batch_size=4", *overrides])
+            components = build(cfg)
+            x, y = next(iter(components.train_loader))
+            shape, classes = expected[option]
+            assert tuple(x.shape[1:]) == shape, option
+            assert components.model(x).shape == (len(y), classes), (option, model)
+            assert train_one_batch(components) > 0
+
+
+def test_imagefolder_with_a_worker_process(imagefolder_root):
+    cfg = compose_config([*FAST, "data=imagefolder", f"data.root={imagefolder_root}", "data.image_size=8"])
+    components = build(cfg)  # num_workers=2, the option's default
+    assert sum(len(y) for _, y in components.train_loader) + sum(len(y) for _, y in components.val_loader) == 18
+
+
+def test_interval_step_counts_scheduler_steps_per_batch():
+    components = build(compose_config([*FAST, "scheduler.interval=step", "data.batch_size=100"]))
+    assert len(components.train_loader) == 15  # 1438 training digits / 100, rounded up
+    assert components.scheduler.steps_per_epoch == 15
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be a number > 0"),
+        (["optimizer.lr=0"], "optimizer.lr=0 must be a number > 0"),
+        (["optimizer.lr=abc"], "optimizer.lr='abc' must be a number > 0"),
+        (["optimizer.lr=nan"], "optimizer.lr=nan must be a number > 0"),
+        (["optimizer.momentum=1.5"], "optimizer.momentum=1.5 must be in [0, 1)"),
+        (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1 must be a number >= 0"),
+        (["data.batch_size=0"], "data.batch_size=0 must be an integer >= 1"),
+        (["data.batch_size=8.5"], "data.batch_size=8.5 must be an integer >= 1"),
+        (["data.num_workers=-1"], "data.num_workers=-1 must be an integer >= 0"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be an integer >= 1"),
+        (["trainer.max_epochs=ten"], "trainer.max_epochs='ten' must be an integer >= 1"),
+        (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 must be an integer >= 1"),
+        (["trainer.grad_clip=-1"], "trainer.grad_clip=-1 must be a number >= 0"),
+        (["trainer.device=gpu"], "trainer.device='gpu' must be auto, cpu, cuda or cuda:N"),
+        (["trainer.progress_bar=maybe"], "trainer.progress_bar='maybe' must be true or false"),
+        (["seed=-3"], "seed=-3 must be an integer >= 0"),
+        (["scheduler.interval=batch"], "scheduler.interval='batch' must be one of epoch, step"),
+        (
+            ["scheduler.warmup_epochs=4"],
+            "scheduler.warmup_epochs=4 must be < scheduler.total_epochs=4 (it follows trainer.max_epochs)",
+        ),
+        (
+            ["scheduler.warmup_epochs=60", "scheduler.total_epochs=50"],
+            "scheduler.warmup_epochs=60 must be < scheduler.total_epochs=50",
+        ),
+        (["scheduler.warmup_epochs=-1"], "scheduler.warmup_epochs=-1 must be a number >= 0"),
+        (["scheduler.total_epochs=0"], "scheduler.total_epochs=0 must be a number > 0"),
+        (["scheduler.min_lr=0.5"], "scheduler.min_lr=0.5 must be <= optimizer.lr=0.1"),
+        (["scheduler.min_lr=-1.0"], "scheduler.min_lr=-1.0 must be a number >= 0"),
+        (["scheduler.min_lr=[0.0,0.001]"], "scheduler: min_lr has 2 values but the optimizer has 1 param groups"),
+        (["model.hidden=[0]"], "model: hidden=[0] must be a non-empty list of integers >= 1"),
+        (["model.dropout=1.0"], "model: dropout=1.0 must be in [0, 1)"),
+        (["model._target_=harness.models.Nope"], "model: Error locating target 'harness.models.Nope'"),
+        (["data.val_fraction=1.0"], "data.val_fraction=1.0 must be between 0 and 1 (exclusive)"),
+        (["data=imagefolder"], "data.root is not set (???); pass it on the command line: data.root=VALUE"),
+        (["data=imagefolder", "data.root=/no/such/folder"], "data.root=/no/such/folder"),
+        (["optimizer=adamw", "optimizer.betas=[2.0,0.9]"], "optimizer: Invalid beta parameter at index 0: 2.0"),
+    ],
+)
+def test_bad_values_fail_before_training_with_a_clear_message(overrides, message):
+    with pytest.raises(HarnessError) as info:
+        build(compose_config([*FAST, *overrides]))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_torchvision_data_set_says_where_and_how(tmp_path):
+    cfg = compose_config([*FAST, "data=mnist", f"data.root={tmp_path}", "data.download=false"])
+    with pytest.raises(DataError, match=f"MNIST not found under {tmp_path}; set data.download=true"):
+        build(cfg)
+
+
+def test_cuda_requested_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="trainer.device=cuda but CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_cuda_index_past_the_last_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"trainer.device=cuda:2 but this machine has 2 CUDA device\(s\)"):
+        resolve_device("cuda:2")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
