@@ -5,7 +5,8 @@ The loop (:mod:`harness.loop`), schedulers, data and models take plain values an
 work without Hydra.
 """
 
-from harness.experiment import run
+__version__ = "0.1.0"  # before the import below: experiment.py records it in every checkpoint
+
+from harness.experiment import run  # noqa: E402
 
 __all__ = ["run", "__version__"]
-__version__ = "0.1.0"

@@ -17,7 +17,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import ConfigError
 
-__all__ = ["validate"]
+__all__ = ["validate", "MONITORABLE"]
+
+MONITORABLE = ("val/acc", "val/loss", "train/loss")  # the metrics every epoch produces
 
 _MISSING = object()
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -80,6 +82,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.device={device!r} must be auto, cpu, cuda or cuda:N")
     if not isinstance(_get(cfg, "trainer.progress_bar"), bool):
         raise ConfigError(f"trainer.progress_bar={_get(cfg, 'trainer.progress_bar')!r} must be true or false")
+
+    _choice(cfg, "trainer.monitor", MONITORABLE)
+    _choice(cfg, "trainer.monitor_mode", ("max", "min"))
+    _choice(cfg, "trainer.on_nonfinite", ("stop", "skip_batch"))
+    _integer(cfg, "trainer.nonfinite_patience", 1)
+    resume = _get(cfg, "resume")
+    if resume is not None and (not isinstance(resume, str) or not resume):
+        raise ConfigError(f"resume={resume!r} must be null, auto, a run directory or a .pt file")
 
     _integer(cfg, "data.batch_size", 1)
     _integer(cfg, "data.num_workers", 0)

@@ -18,3 +18,15 @@ class DataError(HarnessError):
 
 class TrainingError(HarnessError):
     """Training cannot go on, e.g. the loss became NaN or infinite."""
+
+
+class CheckpointError(HarnessError):
+    """A checkpoint that is missing, damaged, or does not fit the run being resumed."""
+
+
+class Interrupted(HarnessError):
+    """Training stopped on SIGINT or SIGTERM after saving ``last.pt``; exit with ``128 + signum``."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -21,14 +21,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from harness import __version__
+from harness.checkpoint import Checkpointer, load_checkpoint, resolve_resume, restore_training_state
 from harness.config import validate
 from harness.data import make_loaders
-from harness.errors import ConfigError, HarnessError
-from harness.loop import fit
+from harness.errors import CheckpointError, ConfigError, HarnessError
+from harness.loop import Progress, fit
 from harness.models import count_parameters
+from harness.signals import StopOnSignal
 from harness.tensorboard import TensorBoardLogger
 
-__all__ = ["run", "build", "Components", "resolve_device", "seed_everything"]
+__all__ = ["run", "build", "Components", "config_changes", "resolve_device", "resume_run_dir", "hydra_subdir", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +127,73 @@ def build(cfg: DictConfig) -> Components:
     return Components(model, optimizer, scheduler, train_loader, val_loader, device, interval)
 
 
+def resume_run_dir(resume: str | None, default: str) -> str:
+    """Hydra's run directory for a ``resume`` setting: the resumed run's own, so it continues in place.
+
+    ``resume=<run dir>`` or ``resume=<run dir>/checkpoints/<name>.pt`` gives that run directory;
+    ``null``, ``auto`` or a path that does not exist gives ``default`` (the error about a missing path
+    comes later, from :func:`harness.checkpoint.resolve_resume`, without creating that path).
+    """
+    if resume in (None, "auto"):
+        return default
+    path = Path(resume)
+    if path.is_file():
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return str(path) if path.is_dir() else default
+
+
+def hydra_subdir(run_dir: str, stamp: str) -> str:
+    """Where Hydra saves this invocation's config: ``.hydra``, or ``.hydra/resume-<stamp>`` when the run
+    directory already has one, so resuming never overwrites the config a run started with."""
+    return f".hydra/resume-{stamp}" if (Path(run_dir) / ".hydra" / "config.yaml").exists() else ".hydra"
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(before: dict, after: dict) -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two plain configs (``resume`` aside)."""
+    old, new = _flatten(before), _flatten(after)
+    keys = sorted((set(old) | set(new)) - {"resume"})
+    missing = "<absent>"
+    return [
+        f"{k}: {old.get(k, missing)} -> {new.get(k, missing)}" for k in keys if old.get(k, missing) != new.get(k, missing)
+    ]
+
+
+def _check_resumable(checkpoint: dict, config: dict, c: Components) -> None:
+    """Refuses a resume the checkpoint can't continue; logs every other config change."""
+    saved = checkpoint.get("config", {})
+    old_optimizer = saved.get("optimizer", {}).get("_target_")
+    if old_optimizer and old_optimizer != config["optimizer"]["_target_"]:
+        raise CheckpointError(
+            f"cannot resume with optimizer {config['optimizer']['_target_']}: the checkpoint was trained "
+            f"with {old_optimizer}; resume with the same optimizer"
+        )
+    old_steps = checkpoint.get("steps_per_epoch")
+    if old_steps is not None and old_steps != len(c.train_loader):
+        raise CheckpointError(
+            f"cannot resume: an epoch is now {len(c.train_loader)} steps, in the checkpoint {old_steps} "
+            "(data.batch_size or the data changed); resume with the checkpoint's data settings"
+        )
+    changes = config_changes(saved, config)
+    if changes:
+        log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(changes))
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Builds the run from ``cfg`` (see :func:`build`), trains it, and returns the final metrics.
 
-    TensorBoard event files go into ``run_dir``; the writer is closed even when training fails.
+    With ``cfg.resume`` set, continues from a checkpoint in the same run directory (see
+    :func:`harness.checkpoint.resolve_resume`): weights, optimizer state, schedule position, counters and
+    RNG state come from the checkpoint, settings from ``cfg``. TensorBoard event files go into
+    ``run_dir`` and checkpoints into ``run_dir/checkpoints``; the writer is closed even when training fails.
 
     Args:
         cfg: a config composed from ``conf/`` (by ``train.py`` or ``hydra.compose``).
@@ -137,10 +203,35 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         The metrics of the last epoch (see :func:`harness.loop.fit`).
 
     Raises:
-        HarnessError: a wrong config value, a missing data set, or a non-finite loss.
+        HarnessError: a wrong config value, a missing data set or checkpoint, a non-finite loss, or a stop
+            requested by SIGINT/SIGTERM (:class:`harness.errors.Interrupted`).
     """
+    validate(cfg)
+    resume_from = resolve_resume(cfg.resume, run_dir)
+    checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     c = build(cfg)
-    with TensorBoardLogger(run_dir) as logger:
+    config = OmegaConf.to_container(cfg, resolve=True)
+
+    progress, rng, best = Progress(), None, None
+    if checkpoint is not None:
+        _check_resumable(checkpoint, config, c)
+        restore_training_state(checkpoint, c.model, c.optimizer, c.scheduler)
+        progress, rng, best = Progress(**checkpoint["progress"]), checkpoint["rng"], checkpoint.get("best")
+        log.info("resuming from %s at epoch %d, step %d", resume_from, progress.epoch, progress.step)
+        if progress.epoch >= cfg.trainer.max_epochs:
+            log.info("%d epochs already trained (trainer.max_epochs=%d): nothing to do",
+                     progress.epoch, cfg.trainer.max_epochs)
+            return checkpoint.get("metrics", {})
+
+    checkpointer = Checkpointer(
+        Path(run_dir) / "checkpoints",
+        monitor=cfg.trainer.monitor,
+        mode=cfg.trainer.monitor_mode,
+        extra={"config": config, "harness_version": __version__, "steps_per_epoch": len(c.train_loader)},
+        best=best,
+    )
+    purge_step = progress.step + 1 if checkpoint is not None else None
+    with TensorBoardLogger(run_dir, purge_step=purge_step) as logger, StopOnSignal() as stop:
         metrics = fit(
             c.model,
             c.optimizer,
@@ -152,8 +243,14 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             interval=c.interval,
             log_every_n_steps=cfg.trainer.log_every_n_steps,
             grad_clip=cfg.trainer.grad_clip,
+            on_nonfinite=cfg.trainer.on_nonfinite,
+            nonfinite_patience=cfg.trainer.nonfinite_patience,
             logger=logger,
-            progress=cfg.trainer.progress_bar,
+            checkpointer=checkpointer,
+            stop=stop,
+            progress=progress,
+            rng=rng,
+            progress_bar=cfg.trainer.progress_bar,
         )
     log.info("final: %s", "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     log.info("run directory: %s", Path(run_dir).resolve())

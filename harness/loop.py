@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from itertools import islice
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +18,11 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from harness.errors import TrainingError
+from harness.checkpoint import Checkpointer, capture_rng, restore_rng
+from harness.errors import Interrupted, TrainingError
+from harness.signals import StopOnSignal
 
-__all__ = ["fit", "evaluate", "Logger"]
+__all__ = ["fit", "evaluate", "Logger", "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +35,22 @@ class Logger(Protocol):
     def log(self, metrics: Mapping[str, float], step: int) -> None: ...
 
 
-def _check_finite(value: float, what: str, epoch: int, step: int) -> None:
-    if not math.isfinite(value):
-        raise TrainingError(
-            f"{what} is {value} at epoch {epoch + 1}, step {step}; lower optimizer.lr, "
-            f"set trainer.grad_clip (e.g. 1.0), or check the data for NaNs"
-        )
+@dataclass
+class Progress:
+    """Where training stands; with the model, optimizer, scheduler and RNG state, enough to go on exactly.
+
+    ``batch`` is non-zero only in a checkpoint written mid-epoch (on SIGINT/SIGTERM): the loop then
+    replays that epoch's shuffle and skips the batches already trained.
+    """
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    batch: int = 0  # batches of the current epoch consumed so far
+    epoch_loss: float = 0.0  # sum of loss * batch size over the current epoch's trained batches
+    epoch_samples: int = 0  # samples in those batches
+    window_loss: float = 0.0  # sum of the losses since the last train/loss point
+    window_steps: int = 0  # steps since the last train/loss point
+    skipped: int = 0  # non-finite batches skipped so far (on_nonfinite="skip_batch")
 
 
 @torch.no_grad()
@@ -73,67 +87,129 @@ def fit(
     interval: str = "epoch",
     log_every_n_steps: int = 10,
     grad_clip: float = 0.0,
+    on_nonfinite: str = "stop",
+    nonfinite_patience: int = 10,
     logger: Logger | None = None,
-    progress: bool = True,
+    checkpointer: Checkpointer | None = None,
+    stop: StopOnSignal | None = None,
+    progress: Progress | None = None,
+    rng: Mapping[str, Any] | None = None,
+    progress_bar: bool = True,
     loss_fn: LossFn = F.cross_entropy,
 ) -> dict[str, float]:
-    """Trains ``model`` for ``max_epochs`` epochs and returns the final metrics.
+    """Trains ``model`` up to ``max_epochs`` epochs and returns the last epoch's metrics.
 
     The loop, in order::
 
-        for epoch in range(max_epochs):
-            for x, y in train_loader:
-                zero_grad; loss = loss_fn(model(x), y); loss.backward()
-                clip grad norm to grad_clip (if > 0)
+        for epoch in range(progress.epoch, max_epochs):
+            for x, y in train_loader (skipping the batches a mid-epoch checkpoint already trained):
+                loss = loss_fn(model(x), y)
+                non-finite loss: stop, or skip the batch (on_nonfinite)
+                zero_grad; loss.backward(); clip grad norm to grad_clip (if > 0)
                 optimizer.step()
                 scheduler.step()                      # if interval == "step"
                 every log_every_n_steps steps: log train/loss (mean since last log), lr/group<i>
-            evaluate on val_loader; log val/loss, val/acc, epoch at the epoch's last step
+                stop requested (SIGINT/SIGTERM): save last.pt mid-epoch, raise Interrupted
+            evaluate on val_loader; log train/epoch_loss, val/loss, val/acc, epoch at the epoch's last step
             scheduler.step()                          # if interval == "epoch"
+            save last.pt (and best.pt if the monitored metric improved)
 
     x of every logged scalar is the global optimizer step. ``lr/group<i>`` is the LR group ``i`` used
     for the logged step. The loss stays on the device between logging points: ``.item()`` (a host-device
-    sync) happens only there and at the end of each epoch.
+    sync) happens only there and at the end of each epoch, except with ``on_nonfinite="skip_batch"``,
+    which has to look at every loss.
 
     Args:
         model: the model, already on ``device``.
         optimizer: its optimizer.
         scheduler: the LR scheduler, stepped per ``interval``.
-        train_loader: training batches ``(x, y)``.
+        train_loader: training batches ``(x, y)``; its ``generator`` drives the shuffle.
         val_loader: validation batches ``(x, y)``.
-        max_epochs: epochs to train.
+        max_epochs: train until this many epochs are done.
         device: where batches go (``non_blocking`` copies; pin the loader's memory for CUDA).
         interval: ``"epoch"`` or ``"step"``: when ``scheduler.step()`` is called.
         log_every_n_steps: optimizer steps between ``train/loss`` points.
         grad_clip: max global grad norm; 0 turns clipping off.
+        on_nonfinite: ``"stop"`` raises on a NaN/inf loss; ``"skip_batch"`` drops that batch's update,
+            counts and warns, and stops after ``nonfinite_patience`` such batches in a row.
+        nonfinite_patience: see ``on_nonfinite``.
         logger: receives the scalars; ``None`` logs nothing.
-        progress: show a progress bar per epoch (on terminals only).
+        checkpointer: saves ``last.pt``/``best.pt``; ``None`` saves nothing.
+        stop: a :class:`StopOnSignal` whose request ends training after the current step.
+        progress: where to start, from a checkpoint; ``None`` starts at epoch 0.
+        rng: the checkpoint's RNG states, restored where the interrupted run stood.
+        progress_bar: show a progress bar per epoch (on terminals only).
         loss_fn: ``loss_fn(logits, targets)``, cross-entropy by default.
 
     Returns:
         The last epoch's ``train/loss`` (its mean), ``val/loss``, ``val/acc``, ``lr/group<i>``,
-        and the ``epoch`` and ``step`` counts.
+        and the ``epoch`` and ``step`` counts; empty if no epoch was left to train.
 
     Raises:
         TrainingError: the loss became NaN or infinite.
+        Interrupted: ``stop`` was requested; ``last.pt`` holds the state after the last step.
     """
     if interval not in ("epoch", "step"):
         raise ValueError(f"interval={interval!r} must be 'epoch' or 'step'")
+    if on_nonfinite not in ("stop", "skip_batch"):
+        raise ValueError(f"on_nonfinite={on_nonfinite!r} must be 'stop' or 'skip_batch'")
     if len(train_loader) == 0:
         raise ValueError("the training loader is empty")
-    step = 0
+    p = progress if progress is not None else Progress()
+    generator = train_loader.generator if train_loader.generator is not None else torch.Generator()
+    last_good = "no checkpoint yet" if checkpointer is None or not checkpointer.last_path.exists() else (
+        f"last good checkpoint: {checkpointer.last_path}"
+    )
+
+    def check_finite(value: float, what: str) -> None:
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"{what} is {value} at epoch {p.epoch + 1}, step {p.step}; {last_good}. Lower optimizer.lr, "
+                f"set trainer.grad_clip (e.g. 1.0) or trainer.on_nonfinite=skip_batch, or check the data"
+            )
+
+    def state() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "progress": asdict(p),
+            "rng": capture_rng(epoch_start_rng),
+        }
+
     metrics: dict[str, float] = {}
-    for epoch in range(max_epochs):
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for epoch in range(p.epoch, max_epochs):
         started = time.perf_counter()
         model.train()
-        epoch_loss = torch.zeros((), device=device)
-        window_loss = torch.zeros((), device=device)
-        epoch_seen = window_steps = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{max_epochs}", leave=False, disable=None if progress else True)
+        if rng is not None:
+            generator.set_state(rng["loader"])
+        epoch_start_rng = generator.get_state()
+        batches: Iterator = iter(train_loader)
+        if p.batch:
+            batches = islice(batches, p.batch, None)  # a mid-epoch resume: the same shuffle, minus what's done
+        if rng is not None:
+            restore_rng(rng)  # after the skipped batches were drawn, exactly where the checkpoint stood
+            rng = None
+        epoch_loss = torch.tensor(p.epoch_loss, device=device)
+        window_loss = torch.tensor(p.window_loss, device=device)
+        consecutive_nonfinite = 0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{max_epochs}", total=len(train_loader), initial=p.batch,
+                   leave=False, disable=None if progress_bar else True)
         for x, y in bar:
+            p.batch += 1
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
+            if on_nonfinite == "skip_batch" and not torch.isfinite(loss).item():
+                p.skipped += 1
+                consecutive_nonfinite += 1
+                log.warning("non-finite loss at epoch %d, batch %d: batch skipped (%d so far)",
+                            epoch + 1, p.batch, p.skipped)
+                if consecutive_nonfinite >= nonfinite_patience:
+                    check_finite(loss.item(), f"the loss of {consecutive_nonfinite} batches in a row")
+                continue
+            consecutive_nonfinite = 0
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -141,39 +217,53 @@ def fit(
             optimizer.step()
             if interval == "step":
                 scheduler.step()
-            step += 1
+            p.step += 1
 
             loss = loss.detach()
             epoch_loss += loss * len(y)
-            epoch_seen += len(y)
+            p.epoch_samples += len(y)
             window_loss += loss
-            window_steps += 1
-            if step % log_every_n_steps == 0:
-                train_loss = window_loss.item() / window_steps  # host-device sync: logging points only
-                _check_finite(train_loss, "the training loss", epoch, step)
-                lr_tags = {f"lr/group{i}": lr for i, lr in enumerate(lrs)}
+            p.window_steps += 1
+            if p.step % log_every_n_steps == 0:
+                train_loss = window_loss.item() / p.window_steps  # host-device sync: logging points only
+                check_finite(train_loss, "the training loss")
                 if logger is not None:
-                    logger.log({"train/loss": train_loss, **lr_tags}, step)
+                    logger.log({"train/loss": train_loss, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)}}, p.step)
                 bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
                 window_loss.zero_()
-                window_steps = 0
+                p.window_steps = 0
+            if stop is not None and stop.requested:
+                p.epoch_loss, p.window_loss = epoch_loss.item(), window_loss.item()
+                check_finite(p.epoch_loss, "the epoch's training loss")  # never save a diverged model
+                saved = checkpointer.save(state()) if checkpointer is not None else "nothing (no checkpointer)"
+                raise Interrupted(
+                    f"stopped by {stop.name} at epoch {epoch + 1}, step {p.step}; saved {saved}", stop.received
+                )
         bar.close()
 
-        train_loss = epoch_loss.item() / epoch_seen
-        _check_finite(train_loss, "the epoch's mean training loss", epoch, step)
+        if p.epoch_samples == 0:
+            raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped")
+        train_loss = epoch_loss.item() / p.epoch_samples
+        check_finite(train_loss, "the epoch's mean training loss")
         val = evaluate(model, val_loader, device, loss_fn)
-        _check_finite(val["val/loss"], "the validation loss", epoch, step)
+        check_finite(val["val/loss"], "the validation loss")
         if logger is not None:
-            logger.log({**val, "epoch": epoch + 1}, step)
+            logger.log({"train/epoch_loss": train_loss, **val, "epoch": epoch + 1}, p.step)
         metrics = {
             "train/loss": train_loss,
             **val,
             **{f"lr/group{i}": lr for i, lr in enumerate(lrs)},
             "epoch": epoch + 1,
-            "step": step,
+            "step": p.step,
         }
         if interval == "epoch":
             scheduler.step()
+        p.epoch, p.batch, p.epoch_loss, p.epoch_samples = epoch + 1, 0, 0.0, 0
+        p.window_loss = window_loss.item()
+        if checkpointer is not None:
+            epoch_start_rng = generator.get_state()  # the next epoch starts from here
+            checkpointer.save({**state(), "metrics": metrics}, metrics)
+            last_good = f"last good checkpoint: {checkpointer.last_path} (epoch {epoch + 1})"
         log.info(
             "epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g  (%.1fs)",
             epoch + 1, max_epochs, train_loss, val["val/loss"], val["val/acc"], lrs[0],

@@ -16,11 +16,17 @@ class TensorBoardLogger:
     even when training fails.
     """
 
-    def __init__(self, log_dir: str | Path) -> None:
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
+        """
+        Args:
+            log_dir: the run directory.
+            purge_step: on resume, the first step the resumed run will log: TensorBoard hides points at
+                or after it that an interrupted run wrote, so curves continue without overlap.
+        """
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only pay for it when logging
 
         self.log_dir = Path(log_dir)
-        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Writes each scalar in ``metrics`` at x = ``step``."""

@@ -41,7 +41,7 @@ def train(interval="epoch", epochs=5, log_every=1, **kwargs):
     logger = MemoryLogger()
     metrics = fit(
         model, opt, sched, loader, val, max_epochs=epochs, device=torch.device("cpu"), interval=interval,
-        log_every_n_steps=log_every, logger=logger, progress=False, **kwargs,
+        log_every_n_steps=log_every, logger=logger, progress_bar=False, **kwargs,
     )
     return metrics, logger
 
@@ -82,7 +82,7 @@ def test_train_loss_is_the_mean_since_the_last_point():
     opt = torch.optim.SGD(model.parameters(), lr=1e-30)
     logger = MemoryLogger()
     fit(model, opt, ConstantScheduler(opt), loader, loader, max_epochs=1, device=torch.device("cpu"),
-        log_every_n_steps=3, logger=logger, progress=False)
+        log_every_n_steps=3, logger=logger, progress_bar=False)
     batches = [torch.nn.functional.cross_entropy(model(x), y).item() for x, y in loader]
     assert len(batches) == 6
     series = [v for _, v in logger.series("train/loss")]
@@ -103,9 +103,9 @@ def test_nan_loss_stops_with_a_clear_error():
     def poisoned(logits, y):
         return torch.nn.functional.cross_entropy(logits, y) * float("nan")
 
-    with pytest.raises(TrainingError, match=r"the training loss is nan at epoch 1, step 2; lower optimizer.lr"):
+    with pytest.raises(TrainingError, match=r"the training loss is nan at epoch 1, step 2; no checkpoint yet. Lower optimizer.lr"):
         fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=2, device=torch.device("cpu"),
-            log_every_n_steps=2, progress=False, loss_fn=poisoned)
+            log_every_n_steps=2, progress_bar=False, loss_fn=poisoned)
 
 
 def test_nan_between_logging_points_is_caught_at_the_epoch_end():
@@ -115,7 +115,7 @@ def test_nan_between_logging_points_is_caught_at_the_epoch_end():
         model[1].weight.fill_(math.inf)
     with pytest.raises(TrainingError, match="epoch's mean training loss is nan at epoch 1, step 6"):
         fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=1, device=torch.device("cpu"),
-            log_every_n_steps=1000, progress=False)
+            log_every_n_steps=1000, progress_bar=False)
 
 
 def test_grad_clip_bounds_the_update():
@@ -123,7 +123,7 @@ def test_grad_clip_bounds_the_update():
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=1, device=torch.device("cpu"),
-        grad_clip=1e-3, progress=False)
+        grad_clip=1e-3, progress_bar=False)
     step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     assert step.norm().item() == pytest.approx(1e-3, rel=1e-4)
 
@@ -153,5 +153,5 @@ def test_trains_on_cuda():
     model = model.cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sched = CosineWarmupScheduler(opt, 1, 5, 0.01)
-    metrics = fit(model, opt, sched, loader, val, max_epochs=5, device=torch.device("cuda"), progress=False)
+    metrics = fit(model, opt, sched, loader, val, max_epochs=5, device=torch.device("cuda"), progress_bar=False)
     assert metrics["val/acc"] > 0.8

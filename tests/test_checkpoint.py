@@ -1,0 +1,137 @@
+"""Checkpoint files: atomic writes, safe loads, RNG round trips, resume lookup, graceful signals."""
+
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from harness.checkpoint import (
+    Checkpointer,
+    capture_rng,
+    load_checkpoint,
+    resolve_resume,
+    restore_rng,
+    save_atomic,
+)
+from harness.errors import CheckpointError
+from harness.signals import StopOnSignal
+
+
+def minimal_state(value: float = 1.0) -> dict:
+    return {
+        "model": {"w": torch.full((3,), value)},
+        "optimizer": {},
+        "scheduler": {},
+        "progress": {"epoch": 1},
+        "rng": capture_rng(torch.Generator().manual_seed(0).get_state()),
+    }
+
+
+def test_checkpoint_is_plain_data_that_loads_with_weights_only(tmp_path):
+    path = save_atomic(minimal_state(), tmp_path / "last.pt")
+    loaded = torch.load(path, weights_only=True)
+    assert torch.equal(loaded["model"]["w"], torch.ones(3))
+    assert load_checkpoint(path)["progress"] == {"epoch": 1}
+
+
+def test_rng_round_trip_through_a_file(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    loader = torch.Generator().manual_seed(4)
+    save_atomic({"rng": capture_rng(loader.get_state())}, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(2), np.random.randn())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand()) == expected[:2]
+    assert torch.equal(torch.rand(2), expected[2])
+    assert np.random.randn() == expected[3]
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = save_atomic(minimal_state(1.0), tmp_path / "last.pt")
+    real_save = torch.save
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(100)  # a partial file on disk...
+        raise KeyboardInterrupt  # ...and the process stops before the rename
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic(minimal_state(2.0), path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"], "no temporary file left behind"
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "is not a readable checkpoint"),
+        (lambda p: p.write_bytes(b""), "is not a readable checkpoint"),
+        (lambda p: p.write_text("hello, I am a text file"), "is not a readable checkpoint"),
+        (lambda p: torch.save({"weights": torch.ones(2)}, p), "is not a harness checkpoint (it has no model"),
+        (lambda p: torch.save([1, 2, 3], p), "is not a harness checkpoint"),
+        (lambda p: p.unlink(), "no such checkpoint file"),
+    ],
+)
+def test_damaged_files_fail_in_one_line(tmp_path, damage, message):
+    path = save_atomic(minimal_state(), tmp_path / "last.pt")
+    damage(path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_code_in_a_checkpoint_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, path)
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_resolve_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    assert resolve_resume(None, run_dir) is None
+    assert resolve_resume("auto", run_dir) is None  # nothing yet: start fresh
+    with pytest.raises(CheckpointError, match="no such run directory or checkpoint file"):
+        resolve_resume(str(tmp_path / "nope"), run_dir)
+    run_dir.mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        resolve_resume(str(run_dir), run_dir)
+    last = save_atomic(minimal_state(), run_dir / "checkpoints" / "last.pt")
+    assert resolve_resume("auto", run_dir) == last
+    assert resolve_resume(str(run_dir), tmp_path) == last
+    assert resolve_resume(str(last), tmp_path) == last
+
+
+def test_best_follows_the_monitored_metric(tmp_path):
+    ckpt = Checkpointer(tmp_path, monitor="val/loss", mode="min")
+    for epoch, loss in enumerate([0.9, 0.5, 0.7, 0.4], 1):
+        ckpt.save(minimal_state(epoch), {"val/loss": loss, "epoch": epoch})
+    assert load_checkpoint(tmp_path / "best.pt")["best"] == {
+        "monitor": "val/loss", "mode": "min", "value": 0.4, "epoch": 4
+    }
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 4.0))
+    ckpt.save(minimal_state(5), {"val/loss": 0.6, "epoch": 5})
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 4.0))
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.full((3,), 5.0))
+    resumed = Checkpointer(tmp_path, monitor="val/loss", mode="min", best=load_checkpoint(tmp_path / "last.pt")["best"])
+    assert not resumed.improved(0.45) and resumed.improved(0.39)
+
+
+def test_first_signal_asks_to_stop_second_stops_at_once():
+    with StopOnSignal() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
