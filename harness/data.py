@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from harness.errors import ConfigError, DataError
+from harness.errors import DataError
 
 __all__ = [
     "DataSplits",
@@ -48,11 +48,11 @@ class DataSplits:
 
 def _seeded_split(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of a fixed train/val split: the same for a given seed whatever the run's seed is."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction={val_fraction!r} must be between 0 and 1 (exclusive)")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction!r} must be a number between 0 and 1 (exclusive)")
     n_val = max(1, round(n * val_fraction))
     if n_val >= n:
-        raise ConfigError(f"data.val_fraction={val_fraction!r} leaves no training data out of {n} samples")
+        raise ValueError(f"val_fraction={val_fraction!r} leaves no training data out of {n} samples")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     return order[n_val:], order[:n_val]
 
@@ -101,7 +101,10 @@ def fake(
 
     shape = tuple(int(s) for s in image_size)
     if len(shape) != 3 or min(shape) < 1:
-        raise ConfigError(f"data.image_size={list(image_size)} must be [channels, height, width], each >= 1")
+        raise ValueError(f"image_size={list(image_size)} must be [channels, height, width], each >= 1")
+    for name, value in (("train_size", train_size), ("val_size", val_size), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be an integer >= 1")
     common = dict(image_size=shape, num_classes=num_classes, transform=ToTensor())
     return DataSplits(
         train=FakeData(size=train_size, **common),
@@ -115,6 +118,8 @@ def _torchvision(name: str, cls: Callable, root: str, download: bool, mean, std,
     from torchvision import transforms
 
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    if not isinstance(download, bool):
+        raise ValueError(f"download={download!r} must be true or false")
     where = os.path.abspath(root)
     try:
         train = cls(root, train=True, download=download, transform=transform)
@@ -169,6 +174,8 @@ def imagefolder(root: str, image_size: int = 64, val_fraction: float = 0.2, spli
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size={image_size!r} must be an integer >= 1 (pixels)")
     where = Path(root).resolve()
     if not where.is_dir():
         raise DataError(f"data.root={root} ({where}) is not a folder; point it at a folder of class sub-folders")

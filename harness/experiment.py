@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,10 @@ def _build(group: str, node: DictConfig, drop: tuple[str, ...] = (), **runtime: 
     except InstantiationException as e:
         raise ConfigError(f"{group}: {str(e).splitlines()[0]}") from e
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{group}: {e}") from e
+        # Constructors here name their argument first ("dropout=2 must be ..."): make it the config key.
+        message = str(e)
+        named = next((key for key in spec if re.match(rf"{re.escape(str(key))}\b", message)), None)
+        raise ConfigError(f"{group}.{message}" if named else f"{group}: {message}") from e
 
 
 @dataclass
@@ -131,14 +135,15 @@ def resume_run_dir(resume: str | None, default: str) -> str:
     """Hydra's run directory for a ``resume`` setting: the resumed run's own, so it continues in place.
 
     ``resume=<run dir>`` or ``resume=<run dir>/checkpoints/<name>.pt`` gives that run directory;
-    ``null``, ``auto`` or a path that does not exist gives ``default`` (the error about a missing path
+    ``null``, ``auto``, another ``.pt`` file or a path that does not exist gives ``default`` (the error about a missing path
     comes later, from :func:`harness.checkpoint.resolve_resume`, without creating that path).
     """
     if resume in (None, "auto"):
         return default
     path = Path(resume)
     if path.is_file():
-        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        # A checkpoint outside a run's checkpoints/ folder starts a new run directory.
+        path = path.parent.parent if path.parent.name == "checkpoints" else Path(default)
     return str(path) if path.is_dir() else default
 
 
@@ -209,6 +214,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     validate(cfg)
     resume_from = resolve_resume(cfg.resume, run_dir)
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+    existing = Path(run_dir) / "checkpoints" / "last.pt"
+    if checkpoint is None and existing.exists():
+        raise CheckpointError(
+            f"{run_dir} already holds a run ({existing}); pass resume=auto to continue it, "
+            "or choose another directory (hydra.run.dir=...) to start a new one"
+        )
     c = build(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
 

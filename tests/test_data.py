@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from harness.data import digits, fake, imagefolder, make_loaders
-from harness.errors import ConfigError, DataError
+from harness.errors import DataError
 
 
 def test_digits_split_is_fixed_disjoint_and_complete():
@@ -26,7 +26,7 @@ def test_digits_standardised_on_the_training_split():
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 2])
 def test_bad_val_fraction(fraction):
-    with pytest.raises(ConfigError, match="data.val_fraction"):
+    with pytest.raises(ValueError, match="val_fraction"):
         digits(val_fraction=fraction)
 
 

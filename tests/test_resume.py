@@ -228,3 +228,27 @@ def test_missing_resume_path_exits_non_zero_and_creates_nothing_there(tmp_path):
     assert proc.returncode == 1
     assert stderr.strip() == "error: resume=runs/nope: no such run directory or checkpoint file"
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path):
+    run(tmp_path, "r", "trainer.max_epochs=1")
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a run .*; pass resume=auto to continue it"):
+        run(tmp_path, "r", "trainer.max_epochs=2")
+    assert last.read_bytes() == before
+
+
+def test_resume_run_dir_mapping(tmp_path):
+    from harness.experiment import resume_run_dir
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "best.pt").write_bytes(b"x")
+    (tmp_path / "loose.pt").write_bytes(b"x")
+    assert resume_run_dir(None, "new") == "new"
+    assert resume_run_dir("auto", "new") == "new"
+    assert resume_run_dir(str(run_dir), "new") == str(run_dir)
+    assert resume_run_dir(str(run_dir / "checkpoints" / "best.pt"), "new") == str(run_dir)
+    assert resume_run_dir(str(tmp_path / "loose.pt"), "new") == "new"
+    assert resume_run_dir(str(tmp_path / "missing"), "new") == "new"
