@@ -1,44 +1,85 @@
 """Train from the Hydra config in conf/: `python train.py [overrides]`, or sweep with `-m`.
 
 A thin shell: Hydra composes the config and picks the run directory; `harness.run` does the rest.
-Anticipated errors (a wrong setting, a missing data set or checkpoint, a NaN loss) print one line and
-exit 1; a stop on SIGINT/SIGTERM saves last.pt, says how to resume, and exits 128 + the signal number.
+A single run that hits an anticipated error (a wrong setting, a missing data set or checkpoint, a NaN
+loss) prints one line and exits 1; a stop on SIGINT/SIGTERM saves last.pt, says how to resume, and exits
+128 + the signal number. In a sweep (-m) a failed job is recorded in its result.json and returns NaN, so
+the other jobs go on; the sweep summary then exits 1.
 """
 
+import logging
+import math
+import os
 import sys
+import time
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import harness
+from harness.config import better_direction
 from harness.errors import HarnessError, Interrupted
 from harness.experiment import hydra_subdir, resume_run_dir
+from harness.sweep import write_result
+
+log = logging.getLogger("train")
 
 # conf/config.yaml points hydra.run.dir and hydra.output_subdir at these, so `resume=<run dir>`
 # continues in that directory without overwriting the config it started with.
-OmegaConf.register_new_resolver("harness_run_dir", resume_run_dir)
-OmegaConf.register_new_resolver("harness_hydra_subdir", hydra_subdir)
+OmegaConf.register_new_resolver("harness_run_dir", resume_run_dir, replace=True)
+OmegaConf.register_new_resolver("harness_hydra_subdir", hydra_subdir, replace=True)
+# conf/hparams_search/*.yaml: maximize accuracies, minimize losses.
+OmegaConf.register_new_resolver(
+    "harness_direction", lambda metric: "maximize" if better_direction(metric) == "max" else "minimize", replace=True
+)
+
+
+def _threads_per_job(hydra_cfg: DictConfig) -> int:
+    """CPU threads for one job: all cores, split between the jobs a parallel launcher runs at once."""
+    cores = os.cpu_count() or 1
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=1) or 1
+    parallel = cores if n_jobs < 0 else n_jobs  # joblib: -1 means one job per core
+    return max(1, cores // max(1, parallel))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Trains one run and returns its validation loss, the objective for Hydra sweepers."""
-    run_dir = HydraConfig.get().runtime.output_dir
+    """Trains one run and returns ``cfg.optimized_metric``, the objective for Hydra sweepers."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
+    overrides = list(hydra_cfg.overrides.task)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    if sweeping and cfg.resume is None:
+        cfg.resume = "auto"  # rerunning a sweep into its directory skips finished jobs, resumes the rest
+    if sweeping:
+        torch.set_num_threads(_threads_per_job(hydra_cfg))  # trainer.num_threads, if set, wins in run()
+    started = time.monotonic()
     try:
         metrics = harness.run(cfg, run_dir=run_dir)
     except Interrupted as e:
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
-        print(str(e), file=sys.stderr)
-        print(f"resume with: python train.py {' '.join(overrides + [f'resume={run_dir}'])}", file=sys.stderr)
+        write_result(run_dir, "interrupted", overrides, time.monotonic() - started, error=str(e))
+        hint = [o for o in overrides if not o.startswith("resume=")] + [f"resume={run_dir}"]
+        print(f"{e}\nresume with: python train.py {' '.join(hint)}", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except HarnessError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
-        sys.exit(1)
     except KeyboardInterrupt:
+        write_result(run_dir, "interrupted", overrides, time.monotonic() - started, error="stopped at once")
         print(f"stopped at once; the last checkpoint in {run_dir}/checkpoints is intact", file=sys.stderr)
         sys.exit(130)
-    return metrics["val/loss"]
+    except Exception as e:
+        message = " ".join(str(e).split()) if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}"
+        write_result(run_dir, "failed", overrides, time.monotonic() - started, error=message)
+        if not sweeping:
+            if not isinstance(e, HarnessError):
+                raise  # a bug: keep the traceback
+            print(f"error: {message}", file=sys.stderr)  # always one line
+            sys.exit(1)
+        log.error("job failed: %s", message, exc_info=not isinstance(e, HarnessError))
+        return math.nan  # the sweep goes on; Optuna records a NaN trial as failed
+    write_result(run_dir, "finished", overrides, time.monotonic() - started, metrics=metrics)
+    return metrics[cfg.optimized_metric]
 
 
 if __name__ == "__main__":

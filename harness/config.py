@@ -17,9 +17,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import ConfigError
 
-__all__ = ["validate", "MONITORABLE"]
+__all__ = ["validate", "better_direction", "MONITORABLE"]
 
 MONITORABLE = ("val/acc", "val/loss", "train/loss")  # the metrics every epoch produces
+
+
+def better_direction(metric: str) -> str:
+    """``"min"`` for a loss, ``"max"`` for anything else (accuracies)."""
+    return "min" if metric.rsplit("/", 1)[-1].endswith("loss") else "max"
 
 _MISSING = object()
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -87,6 +92,10 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "trainer.monitor_mode", ("max", "min"))
     _choice(cfg, "trainer.on_nonfinite", ("stop", "skip_batch"))
     _integer(cfg, "trainer.nonfinite_patience", 1)
+    _integer(cfg, "trainer.num_threads", 0)
+    metric = _get(cfg, "optimized_metric")
+    if metric not in MONITORABLE:
+        raise ConfigError(f"optimized_metric={metric!r} is not a metric of this harness; use one of {', '.join(MONITORABLE)}")
     resume = _get(cfg, "resume")
     if resume is not None and (not isinstance(resume, str) or not resume):
         raise ConfigError(f"resume={resume!r} must be null, auto, a run directory or a .pt file")

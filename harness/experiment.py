@@ -212,6 +212,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             requested by SIGINT/SIGTERM (:class:`harness.errors.Interrupted`).
     """
     validate(cfg)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
     resume_from = resolve_resume(cfg.resume, run_dir)
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     existing = Path(run_dir) / "checkpoints" / "last.pt"
@@ -220,6 +222,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             f"{run_dir} already holds a run ({existing}); pass resume=auto to continue it, "
             "or choose another directory (hydra.run.dir=...) to start a new one"
         )
+    if checkpoint is not None and checkpoint["progress"]["epoch"] >= cfg.trainer.max_epochs:
+        log.info("%s: %d epochs already trained (trainer.max_epochs=%d), nothing to do",
+                 resume_from, checkpoint["progress"]["epoch"], cfg.trainer.max_epochs)
+        return checkpoint.get("metrics", {})
     c = build(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
 
@@ -229,10 +235,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         restore_training_state(checkpoint, c.model, c.optimizer, c.scheduler)
         progress, rng, best = Progress(**checkpoint["progress"]), checkpoint["rng"], checkpoint.get("best")
         log.info("resuming from %s at epoch %d, step %d", resume_from, progress.epoch, progress.step)
-        if progress.epoch >= cfg.trainer.max_epochs:
-            log.info("%d epochs already trained (trainer.max_epochs=%d): nothing to do",
-                     progress.epoch, cfg.trainer.max_epochs)
-            return checkpoint.get("metrics", {})
 
     checkpointer = Checkpointer(
         Path(run_dir) / "checkpoints",
@@ -243,6 +245,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     )
     purge_step = progress.step + 1 if checkpoint is not None else None
     with TensorBoardLogger(run_dir, purge_step=purge_step) as logger, StopOnSignal() as stop:
+        logger.log_hparams(_flatten(config), metric_tags=["val/acc", "val/loss", "train/epoch_loss"])
         metrics = fit(
             c.model,
             c.optimizer,

@@ -33,6 +33,20 @@ class TensorBoardLogger:
         for tag, value in metrics.items():
             self._writer.add_scalar(tag, value, global_step=step)
 
+    def log_hparams(self, hparams: Mapping[str, object], metric_tags: list[str]) -> None:
+        """Records the run's hyper-parameters for TensorBoard's HParams tab, with ``metric_tags`` (scalar tags
+        this run logs) as the metrics to compare. Values that are not numbers, strings or bools are written
+        as strings."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        clean = {
+            k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()
+        }
+        experiment, session_start, session_end = hparams_summary(clean, {tag: 0.0 for tag in metric_tags})
+        writer = self._writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            writer.add_summary(summary)
+
     def close(self) -> None:
         """Flushes pending events to disk and closes the file."""
         self._writer.flush()

@@ -1,0 +1,149 @@
+"""Sweeps: each job records how it ended in ``result.json``; at the end of a multirun a Hydra callback
+writes ``summary.csv`` and ``summary.md`` in the sweep directory, prints the table and names the best job.
+
+Part of the entry layer: it knows Hydra's callback interface and sweep layout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from harness.config import better_direction
+
+__all__ = ["write_result", "read_jobs", "summarize", "SweepSummary", "RESULT"]
+
+log = logging.getLogger(__name__)
+RESULT = "result.json"
+
+
+def write_result(run_dir: str | Path, status: str, overrides: list[str], elapsed_s: float,
+                 metrics: dict[str, float] | None = None, error: str | None = None) -> Path:
+    """Writes ``run_dir/result.json``: how this invocation of a run ended.
+
+    ``elapsed_s`` adds to the time a previous invocation in the same directory recorded, so a resumed
+    run reports its whole wall time.
+    """
+    path = Path(run_dir) / RESULT
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    record = {
+        "status": status,
+        "overrides": overrides,
+        "elapsed_s": round(previous.get("elapsed_s", 0.0) + elapsed_s, 3),
+        "metrics": metrics or previous.get("metrics", {}),
+        "error": error,
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def _read_checkpoint_summary(job_dir: Path) -> dict[str, Any]:
+    last = job_dir / "checkpoints" / "last.pt"
+    if not last.exists():
+        return {}
+    try:
+        # mmap: only the small entries are read, not the weights
+        ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a damaged checkpoint is reported as missing data, not a failed summary
+        return {}
+    return {"epochs": ckpt["progress"]["epoch"], "best": ckpt.get("best", {})}
+
+
+def read_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One record per job folder of a sweep (a folder with ``.hydra/``), from its result and checkpoint."""
+    jobs = []
+    for job_dir in sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name)):
+        if not (job_dir / ".hydra").is_dir():
+            continue
+        result_path = job_dir / RESULT
+        result = json.loads(result_path.read_text()) if result_path.exists() else {}
+        if not result:
+            overrides = (job_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
+            result = {"status": "incomplete", "overrides": [o.lstrip("- ").strip() for o in overrides]}
+        jobs.append({"job": job_dir.name, "dir": str(job_dir), **result, **_read_checkpoint_summary(job_dir)})
+    return jobs
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    return "" if value is None else str(value)
+
+
+def summarize(sweep_dir: str | Path, metric: str, monitor: str = "val/acc") -> list[dict[str, str]]:
+    """Writes ``summary.csv`` and ``summary.md`` for a sweep, best job first, and returns the rows.
+
+    Rows are sorted by the final value of ``metric`` (higher first for accuracies, lower first for
+    losses); jobs that failed or did not finish come last. ``monitor`` is the metric checkpoints track
+    as best (``trainer.monitor``).
+    """
+    jobs = read_jobs(sweep_dir)
+    sign = -1.0 if better_direction(metric) == "max" else 1.0
+
+    def key(job: dict) -> tuple:
+        value = job.get("metrics", {}).get(metric)
+        ok = job.get("status") == "finished" and value is not None and math.isfinite(value)
+        return (not ok, sign * value if ok else 0.0, len(job["job"]), job["job"])
+
+    rows = []
+    for job in sorted(jobs, key=key):
+        best = job.get("best") or {}
+        rows.append({
+            "job": job["job"],
+            "status": job.get("status", ""),
+            metric: _fmt(job.get("metrics", {}).get(metric)),
+            f"best {monitor}": _fmt(best.get("value")) if best.get("monitor") == monitor else "",
+            "best epoch": _fmt(best.get("epoch")),
+            "epochs": _fmt(job.get("epochs")),
+            "wall s": f"{job['elapsed_s']:.1f}" if "elapsed_s" in job else "",
+            "overrides": " ".join(job.get("overrides", [])),
+            "error": job.get("error") or "",
+            "dir": job["dir"],
+        })
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    sweep_dir = Path(sweep_dir)
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    shown = [c for c in columns if c != "dir"]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(row.get(c, "").replace("|", "\\|") for c in shown) + " |" for row in rows]
+    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, summarises the sweep and exits 1 if a job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        metric = config.optimized_metric
+        rows = summarize(sweep_dir, metric, monitor=config.trainer.monitor)
+        if not rows:
+            return
+        table = (sweep_dir / "summary.md").read_text()
+        print(f"\nsweep summary ({sweep_dir / 'summary.csv'}):\n{table}", flush=True)
+        best = rows[0]
+        if best["status"] == "finished":
+            print(f"best job: {best['job']} ({metric} {best[metric]}) in {best['dir']}", flush=True)
+        failed = [row["job"] for row in rows if row["status"] != "finished"]
+        if failed:
+            print(f"error: {len(failed)} of {len(rows)} jobs did not finish: {', '.join(failed)} "
+                  f"(see summary.md and their train.log); rerun the same command with "
+                  f"hydra.sweep.dir={sweep_dir} to finish them", file=sys.stderr, flush=True)
+            sys.exit(1)
