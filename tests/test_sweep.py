@@ -1,0 +1,208 @@
+"""Sweeps: parallel jobs, Optuna, the summary, HParams, failing and interrupted sweeps."""
+
+import csv
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+import harness
+from harness.sweep import summarize, write_result
+from tests.conftest import FAST, compose_config
+from tests.test_resume import train_subprocess
+
+TINY = ["trainer.max_epochs=3", "scheduler.warmup_epochs=1", "trainer.progress_bar=false", "trainer.device=cpu"]
+
+
+def sweep(args, cwd, timeout=300):
+    proc = train_subprocess(["-m", *args], cwd)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return proc.returncode, stdout, stderr
+
+
+def read_summary(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def only_sweep_dir(cwd: Path) -> Path:
+    (sweep_dir,) = (cwd / "outputs" / "multirun").glob("*/*")
+    return sweep_dir
+
+
+def read_hparams(run_dir: Path) -> dict:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = HParamsPluginData.FromString(content).session_start_info
+    out = {}
+    for key, value in start.hparams.items():
+        kind = value.WhichOneof("kind")
+        out[key] = getattr(value, kind)
+    return out
+
+
+def test_hparams_are_readable_from_the_event_files(tmp_path):
+    harness.run(compose_config([*FAST, "optimizer.lr=0.05", "model=cnn", "model.channels=[4,8]"]), tmp_path)
+    hparams = read_hparams(tmp_path)
+    assert hparams["optimizer.lr"] == pytest.approx(0.05)
+    assert hparams["model._target_"] == "harness.models.SmallCNN"
+    assert hparams["model.channels"] == "[4, 8]"
+    assert hparams["scheduler.warmup_epochs"] == 3
+    assert hparams["trainer.progress_bar"] == 0  # torch writes bools as numbers
+
+
+def fake_job(sweep_dir: Path, name: str, status: str, value=None, overrides=()):
+    job = sweep_dir / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if status != "incomplete":
+        metrics = {"val/acc": value, "val/loss": 1 - value} if value is not None else None
+        write_result(job, status, list(overrides), 1.5, metrics=metrics, error="boom" if status == "failed" else None)
+
+
+def test_summary_rows_are_sorted_by_the_metric_with_failures_last(tmp_path):
+    fake_job(tmp_path, "0", "finished", 0.91, ["optimizer.lr=0.1"])
+    fake_job(tmp_path, "1", "failed", None, ["optimizer.lr=9"])
+    fake_job(tmp_path, "2", "finished", 0.97, ["optimizer.lr=0.05"])
+    fake_job(tmp_path, "10", "finished", 0.93, ["optimizer.lr=0.2"])
+    fake_job(tmp_path, "3", "incomplete", None, ["optimizer.lr=0.3"])
+    (tmp_path / "not_a_job").mkdir()
+
+    rows = summarize(tmp_path, "val/acc")
+    assert [r["job"] for r in rows] == ["2", "10", "0", "1", "3"]
+    assert [r["status"] for r in rows] == ["finished"] * 3 + ["failed", "incomplete"]
+    assert rows[0]["val/acc"] == "0.9700" and rows[0]["overrides"] == "optimizer.lr=0.05"
+    assert rows[3]["error"] == "boom"
+    assert read_summary(tmp_path) == rows
+    markdown = (tmp_path / "summary.md").read_text().splitlines()
+    assert markdown[0].startswith("| job | status | val/acc |") and len(markdown) == 2 + 5
+
+    by_loss = summarize(tmp_path, "val/loss")
+    assert [r["job"] for r in by_loss][:3] == ["2", "10", "0"]  # lower loss first
+
+
+def test_result_accumulates_wall_time_across_resumes(tmp_path):
+    write_result(tmp_path, "interrupted", ["a=1"], 2.0, error="stopped")
+    write_result(tmp_path, "finished", ["a=1"], 3.0, metrics={"val/acc": 0.9})
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record == {"status": "finished", "overrides": ["a=1"], "elapsed_s": 5.0,
+                      "metrics": {"val/acc": 0.9}, "error": None}
+
+
+def test_threads_are_split_between_parallel_jobs(monkeypatch):
+    import os
+
+    from omegaconf import OmegaConf
+
+    import train
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert train._threads_per_job(OmegaConf.create({"launcher": {"n_jobs": 4}})) == 2
+    assert train._threads_per_job(OmegaConf.create({"launcher": {"n_jobs": -1}})) == 1
+    assert train._threads_per_job(OmegaConf.create({"launcher": {}})) == 8
+    assert train._threads_per_job(OmegaConf.create({"launcher": {"n_jobs": 16}})) == 1
+
+
+@pytest.mark.slow
+def test_parallel_sweep_of_three_jobs(tmp_path):
+    rc, stdout, stderr = sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=3",
+                                "scheduler.warmup_epochs=0,1,2", *TINY[:1], *TINY[2:]], tmp_path)
+    assert rc == 0, stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=3" in stdout + stderr
+    sweep_dir = only_sweep_dir(tmp_path)
+    job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in job_dirs] == ["0", "1", "2"]
+    for job in job_dirs:
+        assert len(list(job.glob("events.out.tfevents.*"))) == 1
+        assert json.loads((job / "result.json").read_text())["status"] == "finished"
+    rows = read_summary(sweep_dir)
+    assert sorted(r["overrides"].split()[0] for r in rows) == [f"scheduler.warmup_epochs={w}" for w in (0, 1, 2)]
+    accs = [float(r["val/acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    assert f"best job: {rows[0]['job']}" in stdout
+
+
+@pytest.mark.slow
+def test_optuna_search_of_three_trials_matches_the_summary(tmp_path):
+    rc, stdout, stderr = sweep(["hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY], tmp_path)
+    assert rc == 0, stderr[-3000:]
+    sweep_dir = only_sweep_dir(tmp_path)
+    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    rows = read_summary(sweep_dir)
+    assert len(rows) == 3 and all(r["status"] == "finished" for r in rows)
+    assert float(rows[0]["val/acc"]) == pytest.approx(result["best_value"], abs=5e-5)
+    best_overrides = rows[0]["overrides"].split()
+    for key, value in result["best_params"].items():
+        assert f"{key}={value}" in best_overrides
+    for row in rows:  # every trial stayed inside the search space
+        params = dict(o.split("=", 1) for o in row["overrides"].split())
+        assert 0.01 <= float(params["optimizer.lr"]) <= 0.3
+        assert 0 <= int(params["scheduler.warmup_epochs"]) <= 5
+
+
+@pytest.mark.slow
+def test_a_wrong_optimized_metric_lists_the_ones_there_are(tmp_path):
+    proc = train_subprocess(["optimized_metric=val/f1", *TINY], tmp_path)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "optimized_metric='val/f1' is not a metric of this harness; use one of val/acc, val/loss, train/loss" in stderr
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_sink_the_sweep(tmp_path):
+    # warmup 5 >= 3 epochs fails before training; 1e12 diverges to NaN in training
+    rc, stdout, stderr = sweep(["scheduler.warmup_epochs=1,5", "optimizer.lr=0.1,1.0e12", "scheduler.min_lr=0.0",
+                                *TINY[:1], *TINY[2:]], tmp_path)
+    assert rc == 1
+    rows = read_summary(only_sweep_dir(tmp_path))
+    assert len(rows) == 4
+    ok = rows[0]
+    assert {"scheduler.warmup_epochs=1", "optimizer.lr=0.1"} <= set(ok["overrides"].split())
+    assert ok["status"] == "finished" and float(ok["val/acc"]) > 0.9
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 3
+    assert any("is nan" in r["error"] or "is inf" in r["error"] for r in failed)
+    assert any("scheduler.warmup_epochs=5 must be < scheduler.total_epochs=3" in r["error"] for r in failed)
+    assert "error: 3 of 4 jobs did not finish" in stderr
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_is_finished_by_rerunning_the_command(tmp_path):
+    args = ["scheduler.warmup_epochs=0,1,2", "trainer.max_epochs=8", "data.batch_size=8",
+            "trainer.progress_bar=false", "trainer.device=cpu"]
+    proc = train_subprocess(["-m", *args], tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob("outputs/multirun/*/*/1/checkpoints/last.pt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    sweep_dir = only_sweep_dir(tmp_path)
+    first_job = json.loads((sweep_dir / "0" / "result.json").read_text())
+    assert first_job["status"] == "finished"
+    assert json.loads((sweep_dir / "1" / "result.json").read_text())["status"] == "interrupted"
+    assert not (sweep_dir / "2").exists()
+
+    rc, stdout, stderr = sweep([*args, f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    assert rc == 0, stderr[-3000:]
+    rows = read_summary(sweep_dir)
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
+    assert all(r["status"] == "finished" and r["epochs"] == "8" for r in rows)
+    assert "nothing to do" in (sweep_dir / "0" / "train.log").read_text()
+    assert "resuming from" in (sweep_dir / "1" / "train.log").read_text()
+    assert json.loads((sweep_dir / "0" / "result.json").read_text())["metrics"] == first_job["metrics"]
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher(tmp_path):
+    rc, stdout, stderr = sweep(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+                                "scheduler.warmup_epochs=0,1", *TINY[:1], *TINY[2:]], tmp_path)
+    assert rc == 0, stderr[-3000:]
+    rows = read_summary(only_sweep_dir(tmp_path))
+    assert [r["status"] for r in rows] == ["finished", "finished"]
