@@ -7,6 +7,7 @@ loss) prints one line and exits 1; a stop on SIGINT/SIGTERM saves last.pt, says 
 the other jobs go on; the sweep summary then exits 1.
 """
 
+import importlib.util
 import logging
 import math
 import os
@@ -35,6 +36,25 @@ OmegaConf.register_new_resolver("harness_hydra_subdir", hydra_subdir, replace=Tr
 OmegaConf.register_new_resolver(
     "harness_direction", lambda metric: "maximize" if better_direction(metric) == "max" else "minimize", replace=True
 )
+
+
+# Options that need a Hydra plugin from the `sweep` extra, and the plugin's module.
+_PLUGIN_OPTIONS = {
+    "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
+    "hydra/launcher=submitit": "hydra_plugins.hydra_submitit_launcher",
+}
+
+
+def _check_plugins(argv: list[str]) -> None:
+    """Says how to install a sweep plugin the command line asks for, instead of Hydra's 'Could not find'."""
+    for arg in argv:
+        for option, module in _PLUGIN_OPTIONS.items():
+            if arg.startswith(option) and importlib.util.find_spec(module) is None:
+                print(f"error: {arg} needs a Hydra plugin that is not installed; "
+                      "install the sweep extra: pip install -e \".[sweep]\"", file=sys.stderr)
+                sys.exit(1)
 
 
 def _threads_per_job(hydra_cfg: DictConfig) -> int:
@@ -83,4 +103,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    _check_plugins(sys.argv[1:])
     main()

@@ -206,3 +206,18 @@ def test_submitit_local_launcher(tmp_path):
     assert rc == 0, stderr[-3000:]
     rows = read_summary(only_sweep_dir(tmp_path))
     assert [r["status"] for r in rows] == ["finished", "finished"]
+
+
+def test_a_missing_sweep_plugin_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    import train
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit) as info:
+        train._check_plugins(["trainer.max_epochs=3", "hparams_search=optuna"])
+    assert info.value.code == 1
+    assert 'hparams_search=optuna needs a Hydra plugin that is not installed; install the sweep extra' in (
+        capsys.readouterr().err
+    )
+    train._check_plugins(["model=cnn"])  # nothing asked for: nothing checked
