@@ -85,14 +85,20 @@ def validate(cfg: DictConfig) -> None:
     device = _get(cfg, "trainer.device")
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
         raise ConfigError(f"trainer.device={device!r} must be auto, cpu, cuda or cuda:N")
-    if not isinstance(_get(cfg, "trainer.progress_bar"), bool):
-        raise ConfigError(f"trainer.progress_bar={_get(cfg, 'trainer.progress_bar')!r} must be true or false")
 
     _choice(cfg, "trainer.monitor", MONITORABLE)
     _choice(cfg, "trainer.monitor_mode", ("max", "min"))
     _choice(cfg, "trainer.on_nonfinite", ("stop", "skip_batch"))
     _integer(cfg, "trainer.nonfinite_patience", 1)
     _integer(cfg, "trainer.num_threads", 0)
+    _integer(cfg, "trainer.accumulate_grad_batches", 1)
+    precision = _get(cfg, "trainer.precision")
+    if str(precision) not in ("32", "bf16", "16-mixed"):
+        raise ConfigError(f"trainer.precision={precision!r} must be one of 32, bf16, 16-mixed")
+    for key, required in (("trainer.progress_bar", True), ("trainer.compile", True), ("data.on_device", False)):
+        value = _get(cfg, key, required=required)
+        if value is not _MISSING and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
     metric = _get(cfg, "optimized_metric")
     if metric not in MONITORABLE:
         raise ConfigError(f"optimized_metric={metric!r} is not a metric of this harness; use one of {', '.join(MONITORABLE)}")

@@ -26,6 +26,7 @@ __all__ = [
     "cifar10",
     "imagefolder",
     "make_loaders",
+    "TensorLoader",
 ]
 
 
@@ -195,24 +196,102 @@ def imagefolder(root: str, image_size: int = 64, val_fraction: float = 0.2, spli
     )
 
 
+class TensorLoader:
+    """Batches of in-memory tensors kept on the training device and shuffled there: no workers, no copies.
+
+    Iterates like a ``DataLoader`` (``len``, ``generator``, batches of ``(x, y)``). The shuffle is drawn from
+    ``generator`` on the CPU, so its state can be saved and restored for exact resume. With
+    ``world_size > 1`` each process takes every ``world_size``-th sample of the shuffled order, so the
+    processes' batches together are the batch one process would see with ``batch_size * world_size``.
+
+    Args:
+        tensors: equally long tensors, e.g. ``(inputs, labels)``.
+        batch_size: samples per batch (per process).
+        shuffle: reshuffle every epoch.
+        generator: draws the shuffle; required with ``shuffle``.
+        device: where the tensors live.
+        rank, world_size: this process's share of a distributed run.
+        pad: with ``world_size > 1``, repeat samples so every process gets as many batches (training);
+            without it the shares are disjoint and may differ by one sample (evaluation).
+    """
+
+    def __init__(self, tensors, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, pad: bool = True) -> None:
+        if shuffle and generator is None:
+            raise ValueError("a shuffled TensorLoader needs a generator")
+        self.tensors = [t.to(device) for t in tensors]
+        self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
+        self.device, self.rank, self.world_size, self.pad = torch.device(device), rank, world_size, pad
+        n = len(self.tensors[0])
+        self.samples = -(-n // world_size) if pad else len(range(rank, n, world_size))
+
+    def __len__(self) -> int:
+        return -(-self.samples // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.tensors[0])
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:
+            if self.pad:
+                order = order.repeat(-(-self.samples * self.world_size // n))[: self.samples * self.world_size]
+            order = order[self.rank :: self.world_size]
+        order = order.to(self.device)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield tuple(t[index] for t in self.tensors)
+
+
+def _as_tensors(dataset: Dataset) -> tuple[torch.Tensor, ...]:
+    """All of a data set as stacked tensors (for data sets that fit in memory)."""
+    if isinstance(dataset, TensorDataset):
+        return tuple(dataset.tensors)
+    batches = list(DataLoader(dataset, batch_size=1024))
+    return tuple(torch.cat(parts) for parts in zip(*batches))
+
+
 def make_loaders(
-    splits: DataSplits, batch_size: int, num_workers: int, seed: int, pin_memory: bool = False
-) -> tuple[DataLoader, DataLoader]:
-    """Seeded train/val ``DataLoader``s: the training order depends only on ``seed`` and the epoch.
+    splits: DataSplits,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool = False,
+    on_device: bool = False,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[DataLoader | TensorLoader, DataLoader | TensorLoader]:
+    """Seeded train/val loaders: the training order depends only on ``seed`` and the epoch.
 
     Args:
         splits: the data sets.
         batch_size: samples per batch (per process).
-        num_workers: loader worker processes; 0 loads in the main process.
-        seed: seeds the shuffling generator.
+        num_workers: loader worker processes; 0 loads in the main process (ignored with ``on_device``).
+        seed: seeds the shuffle.
         pin_memory: page-lock batches for fast, asynchronous copies to a GPU.
+        on_device: keep the whole data set on ``device`` as tensors (:class:`TensorLoader`), for data sets
+            that fit in memory; no workers and no per-batch copies.
+        device: the training device.
+        rank, world_size: this process's share of a distributed (torchrun) run.
     """
+    generator = torch.Generator().manual_seed(seed)
+    if on_device:
+        common = dict(batch_size=batch_size, device=device, rank=rank, world_size=world_size)
+        train = TensorLoader(_as_tensors(splits.train), shuffle=True, generator=generator, **common)
+        val = TensorLoader(_as_tensors(splits.val), shuffle=False, pad=False, **common)
+        return train, val
     common = dict(
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,  # don't respawn workers every epoch
     )
-    train = DataLoader(splits.train, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
+    if world_size > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(splits.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        train = DataLoader(splits.train, sampler=sampler, generator=generator, **common)
+        val_share = Subset(splits.val, range(rank, len(splits.val), world_size))  # disjoint: exact metrics
+        return train, DataLoader(val_share, shuffle=False, **common)
+    train = DataLoader(splits.train, shuffle=True, generator=generator, **common)
     val = DataLoader(splits.val, shuffle=False, **common)
     return train, val

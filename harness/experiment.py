@@ -8,13 +8,17 @@ steps per epoch for the scheduler). Keys a group holds for the harness itself, n
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
+from contextlib import nullcontext
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hydra.utils
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
@@ -25,9 +29,10 @@ from torch.utils.data import DataLoader
 from harness import __version__
 from harness.checkpoint import Checkpointer, load_checkpoint, resolve_resume, restore_training_state
 from harness.config import validate
-from harness.data import make_loaders
+from harness.data import TensorLoader, make_loaders
+from harness.distributed import World, setup, teardown
 from harness.errors import CheckpointError, ConfigError, HarnessError
-from harness.loop import Progress, fit
+from harness.loop import Progress, fit, unwrap
 from harness.models import count_parameters
 from harness.signals import StopOnSignal
 from harness.tensorboard import TensorBoardLogger
@@ -37,7 +42,7 @@ __all__ = ["run", "build", "Components", "config_changes", "resolve_device", "re
 log = logging.getLogger(__name__)
 
 # Keys of a group that configure the harness, not the group's _target_.
-_DATA_LOADER_KEYS = ("batch_size", "num_workers")
+_DATA_LOADER_KEYS = ("batch_size", "num_workers", "on_device")
 _SCHEDULER_KEYS = ("interval",)
 
 
@@ -93,42 +98,82 @@ def _build(group: str, node: DictConfig, drop: tuple[str, ...] = (), **runtime: 
 class Components:
     """Everything a run trains with, built from the config and ready for :func:`harness.loop.fit`."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # what the loop calls: possibly compiled and/or wrapped in DDP
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_loader: DataLoader | TensorLoader
+    val_loader: DataLoader | TensorLoader
     device: torch.device
     interval: str
+    scaler: torch.amp.GradScaler
+    world: World
+
+
+def _compile(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model)``, or ``model`` with a warning where compiling can't work here."""
+    try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            raise RuntimeError("TorchDynamo does not support this Python or platform")
+        return torch.compile(model)
+    except Exception as e:  # compile support varies by platform; training must not depend on it
+        log.warning("trainer.compile=true skipped: %s", " ".join(str(e).split())[:200])
+        return model
+
+
+def _fused_kwargs(node: DictConfig, device: torch.device) -> dict[str, bool]:
+    """``fused=True`` for a torch optimizer that offers it, on CUDA, unless the config chose."""
+    if device.type != "cuda" or "fused" in node:
+        return {}
+    target = hydra.utils.get_class(node._target_)
+    return {"fused": True} if "fused" in inspect.signature(target).parameters else {}
 
 
 def build(cfg: DictConfig) -> Components:
     """Validates ``cfg``, seeds every generator, and builds data, model, optimizer and scheduler.
+
+    Under torchrun the process joins the process group, takes its share of the data and wraps the
+    model in ``DistributedDataParallel``.
 
     Raises:
         HarnessError: a wrong config value or a missing data set.
     """
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
+    w = setup(use_cuda=device.type == "cuda")
+    if w.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", w.local_rank)  # one device per local rank
+    if str(cfg.trainer.precision) == "16-mixed" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision=16-mixed needs CUDA (the device is {device}); use bf16 on a CPU")
     seed_everything(cfg.seed)
 
     splits = _build("data", cfg.data, drop=_DATA_LOADER_KEYS)
     train_loader, val_loader = make_loaders(
-        splits, cfg.data.batch_size, cfg.data.num_workers, seed=cfg.seed, pin_memory=device.type == "cuda"
+        splits, cfg.data.batch_size, cfg.data.num_workers, seed=cfg.seed, pin_memory=device.type == "cuda",
+        on_device=cfg.data.get("on_device", False), device=device, rank=w.rank, world_size=w.size,
     )
     model = _build("model", cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes).to(device)
-    optimizer = _build("optimizer", cfg.optimizer, params=model.parameters())
+    optimizer = _build("optimizer", cfg.optimizer, params=model.parameters(), **_fused_kwargs(cfg.optimizer, device))
     interval = cfg.scheduler.interval
-    steps_per_epoch = len(train_loader) if interval == "step" else 1
+    accumulate = cfg.trainer.accumulate_grad_batches
+    steps_per_epoch = math.ceil(len(train_loader) / accumulate) if interval == "step" else 1
     scheduler = _build(
         "scheduler", cfg.scheduler, drop=_SCHEDULER_KEYS, optimizer=optimizer, steps_per_epoch=steps_per_epoch
     )
+    scaler = torch.amp.GradScaler(device.type, enabled=str(cfg.trainer.precision) == "16-mixed")
     log.info(
-        "%s (%d parameters) on %s: %d train / %d val samples, %d steps per epoch",
-        type(model).__name__, count_parameters(model), device,
+        "%s (%d parameters) on %s%s: %d train / %d val samples, %d batches per epoch",
+        type(model).__name__, count_parameters(model), device, f" (rank {w.rank} of {w.size})" if w.size > 1 else "",
         len(splits.train), len(splits.val), len(train_loader),
     )
-    return Components(model, optimizer, scheduler, train_loader, val_loader, device, interval)
+    if cfg.trainer.compile:
+        model = _compile(model)
+    if w.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Components(model, optimizer, scheduler, train_loader, val_loader, device, interval, scaler, w)
 
 
 def resume_run_dir(resume: str | None, default: str) -> str:
@@ -227,25 +272,39 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                  resume_from, checkpoint["progress"]["epoch"], cfg.trainer.max_epochs)
         return checkpoint.get("metrics", {})
     c = build(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return _train(cfg, c, run_dir, checkpoint, resume_from)
+    finally:
+        teardown()
 
+
+def _train(cfg: DictConfig, c: Components, run_dir: str | Path, checkpoint: dict | None,
+           resume_from: Path | None) -> dict[str, float]:
+    config = OmegaConf.to_container(cfg, resolve=True)
     progress, rng, best = Progress(), None, None
     if checkpoint is not None:
         _check_resumable(checkpoint, config, c)
-        restore_training_state(checkpoint, c.model, c.optimizer, c.scheduler)
+        restore_training_state(checkpoint, unwrap(c.model), c.optimizer, c.scheduler)
+        if c.scaler.is_enabled() and checkpoint.get("scaler"):
+            c.scaler.load_state_dict(checkpoint["scaler"])
         progress, rng, best = Progress(**checkpoint["progress"]), checkpoint["rng"], checkpoint.get("best")
         log.info("resuming from %s at epoch %d, step %d", resume_from, progress.epoch, progress.step)
 
+    main = c.world.is_main  # only rank 0 writes TensorBoard, checkpoints and the progress bar
+    if not main:
+        logging.getLogger("harness").setLevel(logging.WARNING)
     checkpointer = Checkpointer(
         Path(run_dir) / "checkpoints",
         monitor=cfg.trainer.monitor,
         mode=cfg.trainer.monitor_mode,
         extra={"config": config, "harness_version": __version__, "steps_per_epoch": len(c.train_loader)},
         best=best,
-    )
+    ) if main else None
     purge_step = progress.step + 1 if checkpoint is not None else None
-    with TensorBoardLogger(run_dir, purge_step=purge_step) as logger, StopOnSignal() as stop:
-        logger.log_hparams(_flatten(config), metric_tags=["val/acc", "val/loss", "train/epoch_loss"])
+    with (TensorBoardLogger(run_dir, purge_step=purge_step) if main else nullcontext()) as logger, \
+            StopOnSignal() as stop:
+        if logger is not None:
+            logger.log_hparams(_flatten(config), metric_tags=["val/acc", "val/loss", "train/epoch_loss"])
         metrics = fit(
             c.model,
             c.optimizer,
@@ -257,6 +316,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             interval=c.interval,
             log_every_n_steps=cfg.trainer.log_every_n_steps,
             grad_clip=cfg.trainer.grad_clip,
+            accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+            precision=str(cfg.trainer.precision),
+            scaler=c.scaler,
             on_nonfinite=cfg.trainer.on_nonfinite,
             nonfinite_patience=cfg.trainer.nonfinite_patience,
             logger=logger,
@@ -264,7 +326,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             stop=stop,
             progress=progress,
             rng=rng,
-            progress_bar=cfg.trainer.progress_bar,
+            progress_bar=cfg.trainer.progress_bar and main,
         )
     log.info("final: %s", "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     log.info("run directory: %s", Path(run_dir).resolve())

@@ -19,14 +19,37 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from harness.checkpoint import Checkpointer, capture_rng, restore_rng
+from harness.distributed import all_reduce_sum, any_rank
 from harness.errors import Interrupted, TrainingError
 from harness.signals import StopOnSignal
 
-__all__ = ["fit", "evaluate", "Logger", "Progress"]
+__all__ = ["fit", "evaluate", "autocast", "unwrap", "Logger", "Progress"]
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for ``precision``: ``32`` (none), ``bf16`` or ``16-mixed`` (fp16)."""
+    dtype = AUTOCAST_DTYPES[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under ``DistributedDataParallel`` and ``torch.compile`` wrappers (for state dicts)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 class Logger(Protocol):
@@ -48,31 +71,39 @@ class Progress:
     batch: int = 0  # batches of the current epoch consumed so far
     epoch_loss: float = 0.0  # sum of loss * batch size over the current epoch's trained batches
     epoch_samples: int = 0  # samples in those batches
-    window_loss: float = 0.0  # sum of the losses since the last train/loss point
-    window_steps: int = 0  # steps since the last train/loss point
+    window_loss: float = 0.0  # sum of the batch losses since the last train/loss point
+    window_batches: int = 0  # batches since the last train/loss point
     skipped: int = 0  # non-finite batches skipped so far (on_nonfinite="skip_batch")
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, loss_fn: LossFn = F.cross_entropy) -> dict:
-    """Mean loss and accuracy of ``model`` over ``loader``; one host-device sync at the end.
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    loss_fn: LossFn = F.cross_entropy,
+    precision: str = "32",
+) -> dict:
+    """Mean loss and accuracy of ``model`` over ``loader`` (summed over all processes in a distributed run);
+    one host-device sync at the end.
 
     Returns:
         ``{"val/loss": float, "val/acc": float}``.
     """
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, samples
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss_sum += loss_fn(logits, y) * len(y)
-        correct += (logits.argmax(dim=1) == y).sum()
-        seen += len(y)
+        with autocast(device, precision):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        totals[0] += loss.double() * len(y)
+        totals[1] += (logits.argmax(dim=1) == y).sum()
+        totals[2] += len(y)
+    loss_sum, correct, seen = all_reduce_sum(totals).tolist()
     if seen == 0:
         raise ValueError("the validation loader is empty")
-    return {"val/loss": loss_sum.item() / seen, "val/acc": correct.item() / seen}
+    return {"val/loss": loss_sum / seen, "val/acc": correct / seen}
 
 
 def fit(
@@ -87,6 +118,9 @@ def fit(
     interval: str = "epoch",
     log_every_n_steps: int = 10,
     grad_clip: float = 0.0,
+    accumulate_grad_batches: int = 1,
+    precision: str = "32",
+    scaler: torch.amp.GradScaler | None = None,
     on_nonfinite: str = "stop",
     nonfinite_patience: int = 10,
     logger: Logger | None = None,
@@ -103,33 +137,41 @@ def fit(
 
         for epoch in range(progress.epoch, max_epochs):
             for x, y in train_loader (skipping the batches a mid-epoch checkpoint already trained):
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(model(x), y)                 # under autocast for bf16 / 16-mixed
                 non-finite loss: stop, or skip the batch (on_nonfinite)
-                zero_grad; loss.backward(); clip grad norm to grad_clip (if > 0)
-                optimizer.step()
-                scheduler.step()                      # if interval == "step"
-                every log_every_n_steps steps: log train/loss (mean since last log), lr/group<i>
-                stop requested (SIGINT/SIGTERM): save last.pt mid-epoch, raise Interrupted
+                (loss / accumulate_grad_batches).backward()  # scaled by the GradScaler for 16-mixed
+                every accumulate_grad_batches batches (and at the epoch's end):
+                    clip grad norm to grad_clip (if > 0)
+                    optimizer.step(); zero_grad
+                    if the optimizer really stepped (fp16 skips steps with inf grads):
+                        scheduler.step()                    # if interval == "step"
+                        every log_every_n_steps steps: log train/loss (mean since last log), lr/group<i>
+                    stop requested (SIGINT/SIGTERM on any rank): save last.pt mid-epoch, raise Interrupted
             evaluate on val_loader; log train/epoch_loss, val/loss, val/acc, epoch at the epoch's last step
-            scheduler.step()                          # if interval == "epoch"
+            scheduler.step()                                # if interval == "epoch"
             save last.pt (and best.pt if the monitored metric improved)
 
     x of every logged scalar is the global optimizer step. ``lr/group<i>`` is the LR group ``i`` used
-    for the logged step. The loss stays on the device between logging points: ``.item()`` (a host-device
-    sync) happens only there and at the end of each epoch, except with ``on_nonfinite="skip_batch"``,
-    which has to look at every loss.
+    for the logged step. Losses stay on the device between logging points: ``.item()`` (a host-device
+    sync) happens only there and at the end of each epoch, except with ``on_nonfinite="skip_batch"`` or
+    fp16 (``16-mixed``), which must look at every step. In a distributed run (torchrun) the logged losses
+    and metrics are over all processes, and only the process given a ``logger``/``checkpointer`` writes.
 
     Args:
-        model: the model, already on ``device``.
+        model: the model, already on ``device`` (possibly wrapped in DDP or ``torch.compile``).
         optimizer: its optimizer.
-        scheduler: the LR scheduler, stepped per ``interval``.
-        train_loader: training batches ``(x, y)``; its ``generator`` drives the shuffle.
+        scheduler: the LR scheduler, stepped per ``interval``, only after real optimizer steps.
+        train_loader: training batches ``(x, y)``; its ``generator`` drives the shuffle, and a
+            ``sampler.set_epoch`` (``DistributedSampler``) is called every epoch.
         val_loader: validation batches ``(x, y)``.
         max_epochs: train until this many epochs are done.
         device: where batches go (``non_blocking`` copies; pin the loader's memory for CUDA).
         interval: ``"epoch"`` or ``"step"``: when ``scheduler.step()`` is called.
         log_every_n_steps: optimizer steps between ``train/loss`` points.
         grad_clip: max global grad norm; 0 turns clipping off.
+        accumulate_grad_batches: batches whose gradients add up to one optimizer step.
+        precision: ``"32"``, ``"bf16"`` or ``"16-mixed"`` (autocast dtype of forward and loss).
+        scaler: the ``GradScaler`` for ``16-mixed``; ``None`` for the others.
         on_nonfinite: ``"stop"`` raises on a NaN/inf loss; ``"skip_batch"`` drops that batch's update,
             counts and warns, and stops after ``nonfinite_patience`` such batches in a row.
         nonfinite_patience: see ``on_nonfinite``.
@@ -156,7 +198,10 @@ def fit(
     if len(train_loader) == 0:
         raise ValueError("the training loader is empty")
     p = progress if progress is not None else Progress()
+    plain = unwrap(model)
     generator = train_loader.generator if train_loader.generator is not None else torch.Generator()
+    sampler = getattr(train_loader, "sampler", None)
+    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     last_good = "no checkpoint yet" if checkpointer is None or not checkpointer.last_path.exists() else (
         f"last good checkpoint: {checkpointer.last_path}"
     )
@@ -170,9 +215,10 @@ def fit(
 
     def state() -> dict[str, Any]:
         return {
-            "model": model.state_dict(),
+            "model": plain.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "progress": asdict(p),
             "rng": capture_rng(epoch_start_rng),
         }
@@ -182,6 +228,8 @@ def fit(
     for epoch in range(p.epoch, max_epochs):
         started = time.perf_counter()
         model.train()
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
         if rng is not None:
             generator.set_state(rng["loader"])
         epoch_start_rng = generator.get_state()
@@ -199,7 +247,8 @@ def fit(
         for x, y in bar:
             p.batch += 1
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = loss_fn(model(x), y)
+            with autocast(device, precision):
+                loss = loss_fn(model(x), y)
             if on_nonfinite == "skip_batch" and not torch.isfinite(loss).item():
                 p.skipped += 1
                 consecutive_nonfinite += 1
@@ -209,43 +258,57 @@ def fit(
                     check_finite(loss.item(), f"the loss of {consecutive_nonfinite} batches in a row")
                 continue
             consecutive_nonfinite = 0
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            lrs = [group["lr"] for group in optimizer.param_groups]
-            optimizer.step()
-            if interval == "step":
-                scheduler.step()
-            p.step += 1
-
-            loss = loss.detach()
+            scaler.scale(loss / accumulate_grad_batches).backward()
+            loss = loss.detach().float()
             epoch_loss += loss * len(y)
             p.epoch_samples += len(y)
             window_loss += loss
-            p.window_steps += 1
+            p.window_batches += 1
+            if p.batch % accumulate_grad_batches and p.batch < len(train_loader):
+                continue  # gradients add up until the group of batches is complete
+
+            if grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            lrs = [group["lr"] for group in optimizer.param_groups]
+            scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if scaler.is_enabled() and scaler.get_scale() < scale:
+                continue  # inf/NaN gradients: the scaler skipped this optimizer step, so the schedule waits
+            if interval == "step":
+                scheduler.step()
+            p.step += 1
             if p.step % log_every_n_steps == 0:
-                train_loss = window_loss.item() / p.window_steps  # host-device sync: logging points only
+                # host-device sync: logging points only; the mean over every process's batches
+                count = torch.tensor(float(p.window_batches), device=device)
+                window_sum, window_count = all_reduce_sum(torch.stack([window_loss, count])).tolist()
+                train_loss = window_sum / window_count
                 check_finite(train_loss, "the training loss")
                 if logger is not None:
                     logger.log({"train/loss": train_loss, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)}}, p.step)
                 bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
                 window_loss.zero_()
-                p.window_steps = 0
-            if stop is not None and stop.requested:
+                p.window_batches = 0
+            if stop is not None and any_rank(stop.requested, device):
                 p.epoch_loss, p.window_loss = epoch_loss.item(), window_loss.item()
                 check_finite(p.epoch_loss, "the epoch's training loss")  # never save a diverged model
-                saved = checkpointer.save(state()) if checkpointer is not None else "nothing (no checkpointer)"
+                saved = checkpointer.save(state()) if checkpointer is not None else "nothing on this rank"
                 raise Interrupted(
-                    f"stopped by {stop.name} at epoch {epoch + 1}, step {p.step}; saved {saved}", stop.received
+                    f"stopped by {stop.name or 'a signal to another rank'} at epoch {epoch + 1}, "
+                    f"step {p.step}; saved {saved}",
+                    stop.received or 15,
                 )
         bar.close()
 
-        if p.epoch_samples == 0:
+        samples = torch.tensor(float(p.epoch_samples), device=device)
+        loss_sum, samples = all_reduce_sum(torch.stack([epoch_loss, samples])).tolist()
+        if samples == 0:
             raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped")
-        train_loss = epoch_loss.item() / p.epoch_samples
+        train_loss = loss_sum / samples
         check_finite(train_loss, "the epoch's mean training loss")
-        val = evaluate(model, val_loader, device, loss_fn)
+        val = evaluate(model, val_loader, device, loss_fn, precision)
         check_finite(val["val/loss"], "the validation loss")
         if logger is not None:
             logger.log({"train/epoch_loss": train_loss, **val, "epoch": epoch + 1}, p.step)

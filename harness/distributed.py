@@ -1,0 +1,76 @@
+"""Data-parallel runs under torchrun: process group set-up and the few collectives the loop needs.
+
+Every function is a no-op in a plain single-process run, so callers need no branches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["World", "world", "setup", "teardown", "all_reduce_sum", "any_rank", "broadcast_object"]
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run: ``rank`` of ``size`` processes, ``local_rank`` on its node."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes TensorBoard, checkpoints, the progress bar and results."""
+        return self.rank == 0
+
+
+def world() -> World:
+    """The world torchrun describes in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)."""
+    return World(
+        rank=int(os.environ.get("RANK", 0)),
+        size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def setup(use_cuda: bool) -> World:
+    """Joins the process group (``nccl`` on CUDA, ``gloo`` on CPU) when launched by torchrun."""
+    w = world()
+    if w.size > 1 and not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(w.local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return w
+
+
+def teardown() -> None:
+    """Leaves the process group, if this process joined one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sums ``tensor`` over all processes, in place, and returns it."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any process: a stop asked of one rank stops all of them together."""
+    if not dist.is_initialized():
+        return flag
+    return bool(all_reduce_sum(torch.tensor(float(flag), device=device)).item())
+
+
+def broadcast_object(value: object) -> object:
+    """Rank 0's ``value`` on every process."""
+    if not dist.is_initialized():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
