@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from datetime import datetime
 
 import hydra
 import torch
@@ -23,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 import harness
 from harness.config import better_direction
 from harness.errors import HarnessError, Interrupted
-from harness.experiment import hydra_subdir, resume_run_dir
+from harness.distributed import broadcast_object, world
+from harness.experiment import hydra_subdir, resume_run_dir, run_stamp
 from harness.sweep import write_result
 
 log = logging.getLogger("train")
@@ -32,6 +34,7 @@ log = logging.getLogger("train")
 # continues in that directory without overwriting the config it started with.
 OmegaConf.register_new_resolver("harness_run_dir", resume_run_dir, replace=True)
 OmegaConf.register_new_resolver("harness_hydra_subdir", hydra_subdir, replace=True)
+OmegaConf.register_new_resolver("harness_now", run_stamp, replace=True)
 # conf/hparams_search/*.yaml: maximize accuracies, minimize losses.
 OmegaConf.register_new_resolver(
     "harness_direction", lambda metric: "maximize" if better_direction(metric) == "max" else "minimize", replace=True
@@ -76,21 +79,24 @@ def main(cfg: DictConfig) -> float:
         cfg.resume = "auto"  # rerunning a sweep into its directory skips finished jobs, resumes the rest
     if sweeping:
         torch.set_num_threads(_threads_per_job(hydra_cfg))  # trainer.num_threads, if set, wins in run()
+    main_rank = world().is_main  # under torchrun, rank 0 records the result and talks to the user
+    record = write_result if main_rank else (lambda *args, **kwargs: None)
     started = time.monotonic()
     try:
         metrics = harness.run(cfg, run_dir=run_dir)
     except Interrupted as e:
-        write_result(run_dir, "interrupted", overrides, time.monotonic() - started, error=str(e))
+        record(run_dir, "interrupted", overrides, time.monotonic() - started, error=str(e))
         hint = [o for o in overrides if not o.startswith("resume=")] + [f"resume={run_dir}"]
-        print(f"{e}\nresume with: python train.py {' '.join(hint)}", file=sys.stderr)
+        if main_rank:
+            print(f"{e}\nresume with: python train.py {' '.join(hint)}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except KeyboardInterrupt:
-        write_result(run_dir, "interrupted", overrides, time.monotonic() - started, error="stopped at once")
+        record(run_dir, "interrupted", overrides, time.monotonic() - started, error="stopped at once")
         print(f"stopped at once; the last checkpoint in {run_dir}/checkpoints is intact", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
         message = " ".join(str(e).split()) if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}"
-        write_result(run_dir, "failed", overrides, time.monotonic() - started, error=message)
+        record(run_dir, "failed", overrides, time.monotonic() - started, error=message)
         if not sweeping:
             if not isinstance(e, HarnessError):
                 raise  # a bug: keep the traceback
@@ -98,10 +104,21 @@ def main(cfg: DictConfig) -> float:
             sys.exit(1)
         log.error("job failed: %s", message, exc_info=not isinstance(e, HarnessError))
         return math.nan  # the sweep goes on; Optuna records a NaN trial as failed
-    write_result(run_dir, "finished", overrides, time.monotonic() - started, metrics=metrics)
+    record(run_dir, "finished", overrides, time.monotonic() - started, metrics=metrics)
     return metrics[cfg.optimized_metric]
+
+
+def _share_run_stamp() -> None:
+    """Fixes this launch's start time; under torchrun, rank 0's, so all ranks name one run directory."""
+    if world().size > 1:
+        import torch.distributed as dist
+
+        # Joined before Hydra picks the run directory; build() finds the group already there.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    os.environ.setdefault("HARNESS_RUN_STAMP", broadcast_object(datetime.now().isoformat()))
 
 
 if __name__ == "__main__":
     _check_plugins(sys.argv[1:])
+    _share_run_stamp()
     main()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+from datetime import datetime
 import math
 from contextlib import nullcontext
 import random
@@ -30,14 +32,15 @@ from harness import __version__
 from harness.checkpoint import Checkpointer, load_checkpoint, resolve_resume, restore_training_state
 from harness.config import validate
 from harness.data import TensorLoader, make_loaders
-from harness.distributed import World, setup, teardown
+from harness.distributed import World, setup, teardown, world
 from harness.errors import CheckpointError, ConfigError, HarnessError
 from harness.loop import Progress, fit, unwrap
 from harness.models import count_parameters
 from harness.signals import StopOnSignal
 from harness.tensorboard import TensorBoardLogger
 
-__all__ = ["run", "build", "Components", "config_changes", "resolve_device", "resume_run_dir", "hydra_subdir", "seed_everything"]
+__all__ = ["run", "build", "Components", "config_changes", "resolve_device", "resume_run_dir", "hydra_subdir", "run_stamp",
+           "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +195,20 @@ def resume_run_dir(resume: str | None, default: str) -> str:
     return str(path) if path.is_dir() else default
 
 
-def hydra_subdir(run_dir: str, stamp: str) -> str:
+def hydra_subdir(run_dir: str, stamp: str) -> str | None:
     """Where Hydra saves this invocation's config: ``.hydra``, or ``.hydra/resume-<stamp>`` when the run
-    directory already has one, so resuming never overwrites the config a run started with."""
+    directory already has one, so resuming never overwrites the config a run started with; nowhere on
+    the non-zero ranks of a torchrun run, which share rank 0's directory."""
+    if world().rank > 0:
+        return None
     return f".hydra/resume-{stamp}" if (Path(run_dir) / ".hydra" / "config.yaml").exists() else ".hydra"
+
+
+def run_stamp(pattern: str) -> str:
+    """The run's start time formatted with ``pattern``: ``HARNESS_RUN_STAMP`` (ISO time) if set, so every
+    torchrun process names the same run directory, else now."""
+    stamp = os.environ.get("HARNESS_RUN_STAMP")
+    return (datetime.fromisoformat(stamp) if stamp else datetime.now()).strftime(pattern)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

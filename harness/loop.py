@@ -258,7 +258,9 @@ def fit(
                     check_finite(loss.item(), f"the loss of {consecutive_nonfinite} batches in a row")
                 continue
             consecutive_nonfinite = 0
-            scaler.scale(loss / accumulate_grad_batches).backward()
+            group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
+            group_size = min(accumulate_grad_batches, len(train_loader) - group_start)  # the last may be short
+            scaler.scale(loss / group_size).backward()
             loss = loss.detach().float()
             epoch_loss += loss * len(y)
             p.epoch_samples += len(y)

@@ -1,0 +1,122 @@
+"""Scale and speed: accumulation, precision, compile, the on-device loader, torchrun (DDP) on CPU."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import harness
+from harness.checkpoint import load_checkpoint
+from harness.data import TensorLoader
+from harness.errors import ConfigError
+from harness.experiment import build
+from tests.conftest import FAST, ROOT, compose_config
+
+NO_DROPOUT = [*FAST, "model.dropout=0.0", "scheduler.warmup_epochs=1", "trainer.max_epochs=3"]
+
+
+def test_accumulating_two_batches_of_b_matches_one_batch_of_2b(tmp_path):
+    one = harness.run(compose_config([*NO_DROPOUT, "data.batch_size=64"]), tmp_path / "one")
+    two = harness.run(compose_config([*NO_DROPOUT, "data.batch_size=32", "trainer.accumulate_grad_batches=2"]),
+                      tmp_path / "two")
+    assert two["step"] == one["step"] == 3 * 23
+    for key in ("train/loss", "val/loss", "val/acc"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4), key
+    a = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+def test_accumulation_counts_optimizer_steps_for_a_step_schedule():
+    c = build(compose_config([*FAST, "scheduler.interval=step", "data.batch_size=32",
+                              "trainer.accumulate_grad_batches=4"]))
+    assert len(c.train_loader) == 45
+    assert c.scheduler.steps_per_epoch == 12  # ceil(45 / 4)
+
+
+def test_bf16_trains_on_cpu(tmp_path):
+    metrics = harness.run(compose_config([*FAST, "trainer.precision=bf16"]), tmp_path)
+    assert metrics["val/acc"] > 0.9
+
+
+def test_fp16_needs_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="trainer.precision=16-mixed needs CUDA"):
+        build(compose_config([*FAST, "trainer.precision=16-mixed"]))
+    with pytest.raises(ConfigError, match="trainer.precision='fp8' must be one of 32, bf16, 16-mixed"):
+        build(compose_config([*FAST, "trainer.precision=fp8"]))
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_on_device_and_dataloader_paths_resume_alike(tmp_path, on_device):
+    flag = f"data.on_device={str(on_device).lower()}"
+    full = harness.run(compose_config([*NO_DROPOUT, flag]), tmp_path / "full")
+    harness.run(compose_config([*NO_DROPOUT, flag, "trainer.max_epochs=1", "scheduler.total_epochs=3"]),
+                tmp_path / "split")
+    resumed = harness.run(compose_config([*NO_DROPOUT, flag, "resume=auto"]), tmp_path / "split")
+    assert resumed == full
+
+
+def test_tensor_loader_shards_cover_the_shuffle_once():
+    x = torch.arange(10).float().unsqueeze(1)
+    y = torch.arange(10)
+    orders = []
+    for rank in range(3):
+        loader = TensorLoader((x, y), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(0),
+                              rank=rank, world_size=3)
+        assert len(loader) == 2  # ceil(10 / 3) = 4 samples each
+        orders.append(torch.cat([b[1] for b in loader]).tolist())
+    single = torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()
+    padded = single + single[:2]
+    assert [padded[r::3] for r in range(3)] == orders
+    val_shares = [torch.cat([b[1] for b in TensorLoader((x, y), 4, rank=r, world_size=3, pad=False)]).tolist()
+                  for r in range(3)]
+    assert sorted(sum(val_shares, [])) == list(range(10))
+
+
+@pytest.mark.slow
+def test_compile_trains_and_checkpoints_plain_weights(tmp_path):
+    metrics = harness.run(compose_config([*FAST, "trainer.compile=true", "trainer.max_epochs=2",
+                                          "scheduler.warmup_epochs=1"]), tmp_path)
+    assert metrics["epoch"] == 2
+    keys = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"].keys()
+    assert not any(k.startswith("_orig_mod") for k in keys)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    common = [*NO_DROPOUT[1:]]
+    single = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "data.batch_size=64",
+                             "hydra.run.dir=single"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "train.py"),
+                          *common, "data.batch_size=32"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    run_dirs = [p.parent for p in (tmp_path / "outputs").rglob("last.pt")]
+    assert len(run_dirs) == 1, "both ranks share rank 0's run directory"
+    assert len(list(run_dirs[0].parent.glob("events.out.tfevents.*"))) == 1, "only rank 0 writes TensorBoard"
+    a = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["metrics"]
+    b = load_checkpoint(run_dirs[0] / "last.pt")["metrics"]
+    assert b["step"] == a["step"]
+    for key in ("train/loss", "val/loss", "val/acc"):  # same samples per step; only float sums differ
+        assert b[key] == pytest.approx(a[key], rel=1e-4), key
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["32", "bf16", "16-mixed"])
+def test_cuda_precisions_train_and_checkpoint_the_scaler(tmp_path, precision):
+    cfg = compose_config([*FAST, "trainer.device=cuda", f"trainer.precision={precision}", "model=cnn"])
+    metrics = harness.run(cfg, tmp_path)
+    assert metrics["val/acc"] > 0.9
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert bool(ckpt["scaler"]) == (precision == "16-mixed")
+    c = build(cfg)
+    assert c.optimizer.defaults.get("fused") is True  # fused SGD on CUDA
+    assert c.train_loader.tensors[0].device.type == "cuda"  # digits live on the GPU
