@@ -13,11 +13,12 @@ Layout of a checkpoint (``torch.save`` of a dict; every value is a tensor or pla
 
 from __future__ import annotations
 
+import io
 import os
 import random
-import shutil
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,6 @@ def _replace_atomic(directory: Path, name: str, write) -> Path:
         raise
     _fsync_dir(directory)
     return directory / name
-
-
-def _copy_into(source: Path, f) -> None:
-    with source.open("rb") as src:
-        shutil.copyfileobj(src, f)
 
 
 def save_atomic(state: Mapping[str, Any], path: str | Path) -> Path:
@@ -209,9 +205,25 @@ def restore_training_state(checkpoint: Mapping[str, Any], model, optimizer, sche
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
+def _snapshot(tree: Any) -> Any:
+    """A copy of nested dicts/lists/tuples whose tensors are cloned, so later in-place updates don't show."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return type(tree)((k, _snapshot(v)) for k, v in tree.items())
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_snapshot(v) for v in tree)
+    return tree
+
+
 class Checkpointer:
     """Writes ``last.pt`` after every epoch (and on a requested stop) and ``best.pt`` when the monitored
     metric improves, into ``directory``.
+
+    ``save`` copies the state's tensors at once (so training can go on changing them) and hands the
+    serialisation and the file writes (temporary file, fsync, rename) to a background thread, so neither
+    holds up training. At most one write is in flight; ``wait`` (or leaving the ``with`` block) blocks until it is on disk and re-raises a
+    failed write.
 
     Args:
         directory: where checkpoints go, ``<run dir>/checkpoints``.
@@ -237,6 +249,8 @@ class Checkpointer:
         self.best = {"monitor": monitor, "mode": mode, "value": None, "epoch": 0}
         if best and best.get("monitor") == monitor and best.get("mode") == mode:
             self.best.update(value=best["value"], epoch=best["epoch"])
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future | None = None
 
     @property
     def last_path(self) -> Path:
@@ -259,7 +273,34 @@ class Checkpointer:
             improved = self.improved(value)
             if improved:
                 self.best.update(value=value, epoch=int(metrics["epoch"]))
-        path = save_atomic({**state, "best": dict(self.best), **self.extra}, self.last_path)
+        snapshot = _snapshot({**state, "best": dict(self.best), **self.extra})
+        self.wait()
+        self._pending = self._writer.submit(self._write, snapshot, improved)
+        return self.last_path
+
+    def _write(self, snapshot: dict[str, Any], improved: bool) -> None:
+        buffer = io.BytesIO()
+        torch.save(snapshot, buffer)
+        payload = buffer.getbuffer()
+        _replace_atomic(self.directory, LAST, lambda f: f.write(payload))
         if improved:
-            _replace_atomic(self.directory, BEST, lambda f: _copy_into(path, f))
-        return path
+            _replace_atomic(self.directory, BEST, lambda f: f.write(payload))
+
+    def wait(self) -> None:
+        """Blocks until the last ``save`` is on disk; re-raises its error if the write failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Waits for the last write, then stops the writer thread."""
+        try:
+            self.wait()
+        finally:
+            self._writer.shutdown(wait=True)
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
@@ -58,6 +59,26 @@ def _seeded_split(n: int, val_fraction: float, split_seed: int) -> tuple[torch.T
     return order[n_val:], order[:n_val]
 
 
+def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled digits as ``(images (N, 1, 8, 8) float32, labels (N,) int64)``.
+
+    Read straight from the CSV that ships inside the scikit-learn wheel (what ``load_digits`` reads),
+    without importing scikit-learn, which would add most of a second to every start-up.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise DataError("the digits data set needs scikit-learn: pip install scikit-learn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    except OSError as e:
+        raise DataError(f"cannot read scikit-learn's bundled digits at {path} ({e}); reinstall scikit-learn") from e
+    x = torch.from_numpy(table[:, :-1].reshape(-1, 1, 8, 8).copy())
+    return x, torch.from_numpy(table[:, -1].astype(np.int64))
+
+
 def digits(val_fraction: float = 0.2, split_seed: int = 0) -> DataSplits:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes); no download.
 
@@ -67,11 +88,7 @@ def digits(val_fraction: float = 0.2, split_seed: int = 0) -> DataSplits:
         val_fraction: share of the images held out for validation.
         split_seed: seed of the train/val split, independent of the run's seed.
     """
-    from sklearn.datasets import load_digits  # a heavy import, only paid by the data set that needs it
-
-    bunch = load_digits()
-    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
-    y = torch.as_tensor(bunch.target, dtype=torch.long)
+    x, y = _load_digits()
     train_idx, val_idx = _seeded_split(len(y), val_fraction, split_seed)
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std

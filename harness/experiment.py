@@ -315,7 +315,7 @@ def _train(cfg: DictConfig, c: Components, run_dir: str | Path, checkpoint: dict
     ) if main else None
     purge_step = progress.step + 1 if checkpoint is not None else None
     with (TensorBoardLogger(run_dir, purge_step=purge_step) if main else nullcontext()) as logger, \
-            StopOnSignal() as stop:
+            (checkpointer or nullcontext()), StopOnSignal() as stop:
         if logger is not None:
             logger.log_hparams(_flatten(config), metric_tags=["val/acc", "val/loss", "train/epoch_loss"])
         metrics = fit(

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from contextlib import nullcontext
 from itertools import islice
 from typing import Any, Protocol
 
@@ -36,7 +37,8 @@ AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16
 def autocast(device: torch.device, precision: str):
     """The autocast context for ``precision``: ``32`` (none), ``bf16`` or ``16-mixed`` (fp16)."""
     dtype = AUTOCAST_DTYPES[precision]
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    # nullcontext for fp32: building a disabled torch.autocast costs more than a tiny model's step
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -71,8 +73,8 @@ class Progress:
     batch: int = 0  # batches of the current epoch consumed so far
     epoch_loss: float = 0.0  # sum of loss * batch size over the current epoch's trained batches
     epoch_samples: int = 0  # samples in those batches
-    window_loss: float = 0.0  # sum of the batch losses since the last train/loss point
-    window_batches: int = 0  # batches since the last train/loss point
+    window_loss: float = 0.0  # sum of loss * batch size since the last train/loss point
+    window_samples: int = 0  # samples since the last train/loss point
     skipped: int = 0  # non-finite batches skipped so far (on_nonfinite="skip_batch")
 
 
@@ -145,7 +147,7 @@ def fit(
                     optimizer.step(); zero_grad
                     if the optimizer really stepped (fp16 skips steps with inf grads):
                         scheduler.step()                    # if interval == "step"
-                        every log_every_n_steps steps: log train/loss (mean since last log), lr/group<i>
+                        every log_every_n_steps steps: log train/loss (mean since the last point), lr/group<i>
                     stop requested (SIGINT/SIGTERM on any rank): save last.pt mid-epoch, raise Interrupted
             evaluate on val_loader; log train/epoch_loss, val/loss, val/acc, epoch at the epoch's last step
             scheduler.step()                                # if interval == "epoch"
@@ -208,6 +210,8 @@ def fit(
 
     def check_finite(value: float, what: str) -> None:
         if not math.isfinite(value):
+            if checkpointer is not None:
+                checkpointer.wait()  # the last good checkpoint is on disk before anyone looks for it
             raise TrainingError(
                 f"{what} is {value} at epoch {p.epoch + 1}, step {p.step}; {last_good}. Lower optimizer.lr, "
                 f"set trainer.grad_clip (e.g. 1.0) or trainer.on_nonfinite=skip_batch, or check the data"
@@ -239,8 +243,8 @@ def fit(
         if rng is not None:
             restore_rng(rng)  # after the skipped batches were drawn, exactly where the checkpoint stood
             rng = None
-        epoch_loss = torch.tensor(p.epoch_loss, device=device)
-        window_loss = torch.tensor(p.window_loss, device=device)
+        # [epoch, window] sums of loss * batch size, in float64 on the device: one op a step, no sync
+        sums = torch.tensor([p.epoch_loss, p.window_loss], dtype=torch.float64, device=device)
         consecutive_nonfinite = 0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{max_epochs}", total=len(train_loader), initial=p.batch,
                    leave=False, disable=None if progress_bar else True)
@@ -260,12 +264,10 @@ def fit(
             consecutive_nonfinite = 0
             group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
             group_size = min(accumulate_grad_batches, len(train_loader) - group_start)  # the last may be short
-            scaler.scale(loss / group_size).backward()
-            loss = loss.detach().float()
-            epoch_loss += loss * len(y)
+            scaler.scale(loss / group_size if group_size > 1 else loss).backward()
+            sums.add_(loss.detach(), alpha=len(y))
             p.epoch_samples += len(y)
-            window_loss += loss
-            p.window_batches += 1
+            p.window_samples += len(y)
             if p.batch % accumulate_grad_batches and p.batch < len(train_loader):
                 continue  # gradients add up until the group of batches is complete
 
@@ -284,19 +286,22 @@ def fit(
             p.step += 1
             if p.step % log_every_n_steps == 0:
                 # host-device sync: logging points only; the mean over every process's batches
-                count = torch.tensor(float(p.window_batches), device=device)
-                window_sum, window_count = all_reduce_sum(torch.stack([window_loss, count])).tolist()
-                train_loss = window_sum / window_count
+                window = torch.stack([sums[1], torch.tensor(float(p.window_samples), device=device)])
+                window_sum, window_samples = all_reduce_sum(window).tolist()
+                train_loss = window_sum / window_samples
                 check_finite(train_loss, "the training loss")
                 if logger is not None:
                     logger.log({"train/loss": train_loss, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)}}, p.step)
                 bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
-                window_loss.zero_()
-                p.window_batches = 0
+                sums[1] = 0.0
+                p.window_samples = 0
             if stop is not None and any_rank(stop.requested, device):
-                p.epoch_loss, p.window_loss = epoch_loss.item(), window_loss.item()
+                p.epoch_loss, p.window_loss = sums.tolist()
                 check_finite(p.epoch_loss, "the epoch's training loss")  # never save a diverged model
-                saved = checkpointer.save(state()) if checkpointer is not None else "nothing on this rank"
+                saved = "nothing on this rank"
+                if checkpointer is not None:
+                    saved = checkpointer.save(state())
+                    checkpointer.wait()
                 raise Interrupted(
                     f"stopped by {stop.name or 'a signal to another rank'} at epoch {epoch + 1}, "
                     f"step {p.step}; saved {saved}",
@@ -304,8 +309,9 @@ def fit(
                 )
         bar.close()
 
-        samples = torch.tensor(float(p.epoch_samples), device=device)
-        loss_sum, samples = all_reduce_sum(torch.stack([epoch_loss, samples])).tolist()
+        epoch_sum, p.window_loss = sums.tolist()
+        samples = torch.tensor([epoch_sum, float(p.epoch_samples)], dtype=torch.float64, device=device)
+        loss_sum, samples = all_reduce_sum(samples).tolist()
         if samples == 0:
             raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped")
         train_loss = loss_sum / samples
@@ -324,7 +330,6 @@ def fit(
         if interval == "epoch":
             scheduler.step()
         p.epoch, p.batch, p.epoch_loss, p.epoch_samples = epoch + 1, 0, 0.0, 0
-        p.window_loss = window_loss.item()
         if checkpointer is not None:
             epoch_start_rng = generator.get_state()  # the next epoch starts from here
             checkpointer.save({**state(), "metrics": metrics}, metrics)

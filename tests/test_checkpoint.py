@@ -116,11 +116,13 @@ def test_best_follows_the_monitored_metric(tmp_path):
     ckpt = Checkpointer(tmp_path, monitor="val/loss", mode="min")
     for epoch, loss in enumerate([0.9, 0.5, 0.7, 0.4], 1):
         ckpt.save(minimal_state(epoch), {"val/loss": loss, "epoch": epoch})
+    ckpt.wait()  # writes happen on a background thread
     assert load_checkpoint(tmp_path / "best.pt")["best"] == {
         "monitor": "val/loss", "mode": "min", "value": 0.4, "epoch": 4
     }
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 4.0))
     ckpt.save(minimal_state(5), {"val/loss": 0.6, "epoch": 5})
+    ckpt.close()
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 4.0))
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.full((3,), 5.0))
     resumed = Checkpointer(tmp_path, monitor="val/loss", mode="min", best=load_checkpoint(tmp_path / "last.pt")["best"])
@@ -135,3 +137,12 @@ def test_first_signal_asks_to_stop_second_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
+
+
+def test_a_failed_background_write_is_raised(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    ckpt = Checkpointer(blocker / "checkpoints")  # its parent is a file: the write must fail
+    ckpt.save(minimal_state())
+    with pytest.raises(OSError):
+        ckpt.close()

@@ -60,3 +60,14 @@ def test_imagefolder_classes_and_split(imagefolder_root):
 def test_imagefolder_without_class_folders(tmp_path):
     with pytest.raises(DataError, match="holds no class sub-folders"):
         imagefolder(str(tmp_path))
+
+
+def test_digits_are_exactly_scikit_learns():
+    from sklearn.datasets import load_digits
+
+    from harness.data import _load_digits
+
+    x, y = _load_digits()
+    bunch = load_digits()
+    assert torch.equal(x.squeeze(1), torch.as_tensor(bunch.images, dtype=torch.float32))
+    assert torch.equal(y, torch.as_tensor(bunch.target))

@@ -1,0 +1,239 @@
+"""Benchmark: the harness against a minimal hand-written PyTorch loop (and Lightning, if installed).
+
+Each contender trains the same model on the same data (the bundled digits, on the device), with the same
+batch size, optimizer, schedule and number of optimizer steps, in a fresh process, one after another.
+Reported per contender:
+
+* steps/s   optimizer steps per second from the first step to the end of training, validation after every
+            epoch included for both (and for the harness its checkpoints, TensorBoard writes and final flush);
+* start-up  seconds from process start to the end of the first optimizer step;
+* peak RSS  the process's peak resident memory (and peak CUDA memory with --device cuda).
+
+Two models: the default MLP (hidden 256) and a tiny MLP (hidden 16), where per-step overhead shows most.
+The harness runs through `train.py` exactly as a user starts it, with TensorBoard logging and the progress bar
+at their defaults (tqdm draws only on a terminal).
+
+Usage: python bench/bench.py [--steps 3000] [--device cpu|cuda] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"default MLP (hidden 256)": [256], "tiny MLP (hidden 16)": [16]}
+BATCH, LR, WARMUP = 64, 0.1, 3
+
+
+def _epochs(steps: int, steps_per_epoch: int) -> int:
+    return max(WARMUP + 1, -(-steps // steps_per_epoch))
+
+
+def _record_first_step() -> dict:
+    """Registers a global optimizer hook that notes when the first step ends and counts steps."""
+    import torch
+
+    marks = {"first": None, "steps": 0}
+
+    def hook(optimizer, args, kwargs):
+        marks["steps"] += 1
+        if marks["first"] is None:
+            marks["first"] = time.time()
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    register_optimizer_step_post_hook(hook)
+    return marks
+
+
+def _peak(device: str) -> dict:
+    import torch
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def worker_plain(hidden: list[int], steps: int, device: str, t0: float) -> dict:
+    """The minimal loop someone would write by hand for the same job: tensors on the device, a shuffle per
+    epoch, and the validation loss and accuracy after every epoch (the harness reports them too)."""
+    import torch
+    import torch.nn.functional as F
+
+    from harness.data import digits
+    from harness.models import MLP
+    from harness.schedulers import CosineWarmupScheduler
+
+    marks = _record_first_step()
+    torch.manual_seed(0)
+    splits = digits()
+    x, y = (t.to(device) for t in splits.train.tensors)
+    val_x, val_y = (t.to(device) for t in splits.val.tensors)
+    model = MLP(splits.input_shape, splits.num_classes, hidden=hidden, dropout=0.1).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    steps_per_epoch = -(-len(y) // BATCH)
+    epochs = _epochs(steps, steps_per_epoch)
+    scheduler = CosineWarmupScheduler(optimizer, WARMUP, epochs, 1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(y), generator=g).to(device)
+        for i in range(0, len(y), BATCH):
+            idx = order[i : i + BATCH]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            logits = model(val_x)
+            val_loss = F.cross_entropy(logits, val_y).item()
+            val_acc = (logits.argmax(1) == val_y).float().mean().item()
+        scheduler.step()
+    final_loss = loss.item()
+    end = time.time()
+    return {"steps": marks["steps"], "seconds": end - marks["first"], "startup_s": marks["first"] - t0,
+            "final_loss": final_loss, "val_loss": val_loss, "val_acc": val_acc, **_peak(device)}
+
+
+def worker_harness(hidden: list[int], steps: int, device: str, t0: float) -> dict:
+    """`python train.py` with the same settings, run in this process so the hook sees its steps."""
+    import runpy
+
+    marks = _record_first_step()
+    steps_per_epoch = -(-1438 // BATCH)
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.argv = [
+            str(ROOT / "train.py"),
+            f"model.hidden={hidden}", f"trainer.max_epochs={_epochs(steps, steps_per_epoch)}",
+            f"scheduler.warmup_epochs={WARMUP}", f"optimizer.lr={LR}", f"data.batch_size={BATCH}",
+            f"trainer.device={device}", f"hydra.run.dir={tmp}/run", "hydra.job_logging.root.level=WARNING",
+        ]
+        try:
+            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        except SystemExit as e:
+            if e.code:
+                raise
+        end = time.time()
+    return {"steps": marks["steps"], "seconds": end - marks["first"], "startup_s": marks["first"] - t0,
+            **_peak(device)}
+
+
+def worker_lightning(hidden: list[int], steps: int, device: str, t0: float) -> dict:
+    """Lightning's Trainer at its defaults (TensorBoard logger, progress bar, checkpointing)."""
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from harness.data import digits
+    from harness.models import MLP
+    from harness.schedulers import CosineWarmupScheduler
+
+    marks = _record_first_step()
+    torch.manual_seed(0)
+    splits = digits()
+    steps_per_epoch = -(-len(splits.train) // BATCH)
+    epochs = _epochs(steps, steps_per_epoch)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = MLP(splits.input_shape, splits.num_classes, hidden=hidden, dropout=0.1)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            loss = F.cross_entropy(self.model(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            return [opt], [CosineWarmupScheduler(opt, WARMUP, epochs, 1e-3)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(max_epochs=epochs, accelerator=device, devices=1, default_root_dir=tmp,
+                            enable_model_summary=False)
+        trainer.fit(Module(), DataLoader(splits.train, batch_size=BATCH, shuffle=True))
+        end = time.time()
+    return {"steps": marks["steps"], "seconds": end - marks["first"], "startup_s": marks["first"] - t0,
+            **_peak(device)}
+
+
+WORKERS = {"hand-written loop": worker_plain, "harness": worker_harness, "lightning": worker_lightning}
+
+
+def spawn(contender: str, model: str, steps: int, device: str) -> dict:
+    env = {**os.environ, "BENCH_T0": repr(time.time()), "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, __file__, "--worker", contender, "--model", model, "--steps", str(steps),
+            "--device", device]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"{contender} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def import_torch_seconds() -> float:
+    start = time.time()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per contender (rounded up to epochs)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per contender; the best is reported")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        result = WORKERS[args.worker](MODELS[args.model], args.steps, args.device, float(os.environ["BENCH_T0"]))
+        print(json.dumps(result))
+        return
+
+    contenders = ["hand-written loop", "harness"]
+    try:
+        import lightning  # noqa: F401
+
+        contenders.append("lightning")
+    except ImportError:
+        print("(lightning not installed: pip install -e '.[bench]' to compare against it)")
+    import platform
+
+    import torch
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"device {args.device}, {args.steps} steps, batch {BATCH}, best of {args.repeats}")
+    baseline = min(import_torch_seconds() for _ in range(args.repeats))
+    print(f"python -c 'import torch': {baseline:.2f} s\n")
+    header = f"{'model':<26} {'contender':<18} {'steps/s':>9} {'vs hand':>8} {'start-up s':>10} {'+import':>8} {'peak RSS MB':>11}"
+    print(header)
+    print("-" * len(header))
+    for model in MODELS:
+        results = {}
+        for contender in contenders:
+            runs = [spawn(contender, model, args.steps, args.device) for _ in range(args.repeats)]
+            results[contender] = {
+                "steps_per_s": max(r["steps"] / r["seconds"] for r in runs),
+                "startup_s": min(r["startup_s"] for r in runs),
+                "peak_rss_mb": min(r["peak_rss_mb"] for r in runs),
+            }
+        hand = results["hand-written loop"]["steps_per_s"]
+        for contender, r in results.items():
+            print(f"{model:<26} {contender:<18} {r['steps_per_s']:>9.0f} {r['steps_per_s'] / hand:>8.3f} "
+                  f"{r['startup_s']:>10.2f} {r['startup_s'] - baseline:>+8.2f} {r['peak_rss_mb']:>11.0f}")
+
+
+if __name__ == "__main__":
+    main()
