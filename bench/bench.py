@@ -105,7 +105,7 @@ def worker_plain(hidden: list[int], steps: int, device: str, t0: float) -> dict:
             "final_loss": final_loss, "val_loss": val_loss, "val_acc": val_acc, **_peak(device)}
 
 
-def worker_harness(hidden: list[int], steps: int, device: str, t0: float) -> dict:
+def worker_harness(hidden: list[int], steps: int, device: str, t0: float, *extra: str) -> dict:
     """`python train.py` with the same settings, run in this process so the hook sees its steps."""
     import runpy
 
@@ -117,6 +117,7 @@ def worker_harness(hidden: list[int], steps: int, device: str, t0: float) -> dic
             f"model.hidden={hidden}", f"trainer.max_epochs={_epochs(steps, steps_per_epoch)}",
             f"scheduler.warmup_epochs={WARMUP}", f"optimizer.lr={LR}", f"data.batch_size={BATCH}",
             f"trainer.device={device}", f"hydra.run.dir={tmp}/run", "hydra.job_logging.root.level=WARNING",
+            *extra,
         ]
         try:
             runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
@@ -169,7 +170,12 @@ def worker_lightning(hidden: list[int], steps: int, device: str, t0: float) -> d
             **_peak(device)}
 
 
-WORKERS = {"hand-written loop": worker_plain, "harness": worker_harness, "lightning": worker_lightning}
+WORKERS = {
+    "hand-written loop": worker_plain,
+    "harness": worker_harness,
+    "harness, ckpt at end": lambda *a: worker_harness(*a, "trainer.checkpoint_every_n_epochs=0"),
+    "lightning": worker_lightning,
+}
 
 
 def spawn(contender: str, model: str, steps: int, device: str) -> dict:
@@ -202,7 +208,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    contenders = ["hand-written loop", "harness"]
+    contenders = ["hand-written loop", "harness", "harness, ckpt at end"]
     try:
         import lightning  # noqa: F401
 
@@ -217,22 +223,29 @@ def main() -> None:
           f"device {args.device}, {args.steps} steps, batch {BATCH}, best of {args.repeats}")
     baseline = min(import_torch_seconds() for _ in range(args.repeats))
     print(f"python -c 'import torch': {baseline:.2f} s\n")
-    header = f"{'model':<26} {'contender':<18} {'steps/s':>9} {'vs hand':>8} {'start-up s':>10} {'+import':>8} {'peak RSS MB':>11}"
+    header = (f"{'model':<26} {'contender':<21} {'steps/s':>9} {'vs hand':>8} {'start-up s':>10} {'+import':>8} "
+              f"{'peak RSS MB':>11}" + (f" {'CUDA MB':>9}" if args.device == "cuda" else ""))
     print(header)
     print("-" * len(header))
     for model in MODELS:
-        results = {}
-        for contender in contenders:
-            runs = [spawn(contender, model, args.steps, args.device) for _ in range(args.repeats)]
-            results[contender] = {
-                "steps_per_s": max(r["steps"] / r["seconds"] for r in runs),
-                "startup_s": min(r["startup_s"] for r in runs),
-                "peak_rss_mb": min(r["peak_rss_mb"] for r in runs),
+        runs = {c: [] for c in contenders}
+        for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits all alike
+            for contender in contenders:
+                runs[contender].append(spawn(contender, model, args.steps, args.device))
+        results = {
+            c: {
+                "steps_per_s": max(r["steps"] / r["seconds"] for r in rs),
+                "startup_s": min(r["startup_s"] for r in rs),
+                "peak_rss_mb": min(r["peak_rss_mb"] for r in rs),
+                **({"peak_cuda_mb": min(r["peak_cuda_mb"] for r in rs)} if args.device == "cuda" else {}),
             }
+            for c, rs in runs.items()
+        }
         hand = results["hand-written loop"]["steps_per_s"]
         for contender, r in results.items():
-            print(f"{model:<26} {contender:<18} {r['steps_per_s']:>9.0f} {r['steps_per_s'] / hand:>8.3f} "
-                  f"{r['startup_s']:>10.2f} {r['startup_s'] - baseline:>+8.2f} {r['peak_rss_mb']:>11.0f}")
+            cuda = f" {r['peak_cuda_mb']:>9.0f}" if "peak_cuda_mb" in r else ""
+            print(f"{model:<26} {contender:<21} {r['steps_per_s']:>9.0f} {r['steps_per_s'] / hand:>8.3f} "
+                  f"{r['startup_s']:>10.2f} {r['startup_s'] - baseline:>+8.2f} {r['peak_rss_mb']:>11.0f}{cuda}")
 
 
 if __name__ == "__main__":

@@ -205,24 +205,13 @@ def restore_training_state(checkpoint: Mapping[str, Any], model, optimizer, sche
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _snapshot(tree: Any) -> Any:
-    """A copy of nested dicts/lists/tuples whose tensors are cloned, so later in-place updates don't show."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().clone()
-    if isinstance(tree, dict):
-        return type(tree)((k, _snapshot(v)) for k, v in tree.items())
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_snapshot(v) for v in tree)
-    return tree
-
-
 class Checkpointer:
     """Writes ``last.pt`` after every epoch (and on a requested stop) and ``best.pt`` when the monitored
     metric improves, into ``directory``.
 
-    ``save`` copies the state's tensors at once (so training can go on changing them) and hands the
-    serialisation and the file writes (temporary file, fsync, rename) to a background thread, so neither
-    holds up training. At most one write is in flight; ``wait`` (or leaving the ``with`` block) blocks until it is on disk and re-raises a
+    ``save`` serialises the state at once (so training can go on changing it) and hands the file writes
+    (temporary file, fsync, rename) to a background thread, where they wait on the disk without holding
+    up training (they release the GIL; serialising would not). At most one write is in flight; ``wait`` (or leaving the ``with`` block) blocks until it is on disk and re-raises a
     failed write.
 
     Args:
@@ -256,9 +245,9 @@ class Checkpointer:
     def last_path(self) -> Path:
         return self.directory / LAST
 
-    def improved(self, value: float) -> bool:
-        """Whether ``value`` of the monitored metric beats the best so far."""
-        best = self.best["value"]
+    def improved(self, metrics: Mapping[str, float]) -> bool:
+        """Whether the monitored metric in ``metrics`` beats the best so far."""
+        value, best = metrics[self.monitor], self.best["value"]
         return best is None or (value > best if self.mode == "max" else value < best)
 
     def save(self, state: Mapping[str, Any], metrics: Mapping[str, float] | None = None) -> Path:
@@ -269,19 +258,16 @@ class Checkpointer:
         """
         improved = False
         if metrics is not None:
-            value = metrics[self.monitor]
-            improved = self.improved(value)
+            improved = self.improved(metrics)
             if improved:
-                self.best.update(value=value, epoch=int(metrics["epoch"]))
-        snapshot = _snapshot({**state, "best": dict(self.best), **self.extra})
+                self.best.update(value=metrics[self.monitor], epoch=int(metrics["epoch"]))
+        buffer = io.BytesIO()
+        torch.save({**state, "best": dict(self.best), **self.extra}, buffer)
         self.wait()
-        self._pending = self._writer.submit(self._write, snapshot, improved)
+        self._pending = self._writer.submit(self._write, buffer.getbuffer(), improved)
         return self.last_path
 
-    def _write(self, snapshot: dict[str, Any], improved: bool) -> None:
-        buffer = io.BytesIO()
-        torch.save(snapshot, buffer)
-        payload = buffer.getbuffer()
+    def _write(self, payload: memoryview, improved: bool) -> None:
         _replace_atomic(self.directory, LAST, lambda f: f.write(payload))
         if improved:
             _replace_atomic(self.directory, BEST, lambda f: f.write(payload))

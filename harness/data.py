@@ -213,6 +213,9 @@ def imagefolder(root: str, image_size: int = 64, val_fraction: float = 0.2, spli
     )
 
 
+EVAL_BATCH_ON_DEVICE = 1024  # validation batch of the on-device path, at least the training batch
+
+
 class TensorLoader:
     """Batches of in-memory tensors kept on the training device and shuffled there: no workers, no copies.
 
@@ -294,7 +297,9 @@ def make_loaders(
     if on_device:
         common = dict(batch_size=batch_size, device=device, rank=rank, world_size=world_size)
         train = TensorLoader(_as_tensors(splits.train), shuffle=True, generator=generator, **common)
-        val = TensorLoader(_as_tensors(splits.val), shuffle=False, pad=False, **common)
+        # No activations are kept for a backward pass, so evaluation takes bigger bites.
+        val = TensorLoader(_as_tensors(splits.val), shuffle=False, pad=False,
+                           **{**common, "batch_size": max(batch_size, EVAL_BATCH_ON_DEVICE)})
         return train, val
     common = dict(
         batch_size=batch_size,

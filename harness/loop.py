@@ -121,6 +121,7 @@ def fit(
     log_every_n_steps: int = 10,
     grad_clip: float = 0.0,
     accumulate_grad_batches: int = 1,
+    checkpoint_every_n_epochs: int = 1,
     precision: str = "32",
     scaler: torch.amp.GradScaler | None = None,
     on_nonfinite: str = "stop",
@@ -151,7 +152,8 @@ def fit(
                     stop requested (SIGINT/SIGTERM on any rank): save last.pt mid-epoch, raise Interrupted
             evaluate on val_loader; log train/epoch_loss, val/loss, val/acc, epoch at the epoch's last step
             scheduler.step()                                # if interval == "epoch"
-            save last.pt (and best.pt if the monitored metric improved)
+            save last.pt every checkpoint_every_n_epochs epochs and at the end, and last.pt and best.pt
+            whenever the monitored metric improves
 
     x of every logged scalar is the global optimizer step. ``lr/group<i>`` is the LR group ``i`` used
     for the logged step. Losses stay on the device between logging points: ``.item()`` (a host-device
@@ -172,6 +174,8 @@ def fit(
         log_every_n_steps: optimizer steps between ``train/loss`` points.
         grad_clip: max global grad norm; 0 turns clipping off.
         accumulate_grad_batches: batches whose gradients add up to one optimizer step.
+        checkpoint_every_n_epochs: epochs between ``last.pt`` writes (0: only at the end, on a stop, and
+            when the monitored metric improves, which always writes ``best.pt``).
         precision: ``"32"``, ``"bf16"`` or ``"16-mixed"`` (autocast dtype of forward and loss).
         scaler: the ``GradScaler`` for ``16-mixed``; ``None`` for the others.
         on_nonfinite: ``"stop"`` raises on a NaN/inf loss; ``"skip_batch"`` drops that batch's update,
@@ -330,7 +334,8 @@ def fit(
         if interval == "epoch":
             scheduler.step()
         p.epoch, p.batch, p.epoch_loss, p.epoch_samples = epoch + 1, 0, 0.0, 0
-        if checkpointer is not None:
+        due = checkpoint_every_n_epochs and p.epoch % checkpoint_every_n_epochs == 0
+        if checkpointer is not None and (due or p.epoch == max_epochs or checkpointer.improved(metrics)):
             epoch_start_rng = generator.get_state()  # the next epoch starts from here
             checkpointer.save({**state(), "metrics": metrics}, metrics)
             last_good = f"last good checkpoint: {checkpointer.last_path} (epoch {epoch + 1})"

@@ -126,7 +126,7 @@ def test_best_follows_the_monitored_metric(tmp_path):
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 4.0))
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.full((3,), 5.0))
     resumed = Checkpointer(tmp_path, monitor="val/loss", mode="min", best=load_checkpoint(tmp_path / "last.pt")["best"])
-    assert not resumed.improved(0.45) and resumed.improved(0.39)
+    assert not resumed.improved({"val/loss": 0.45}) and resumed.improved({"val/loss": 0.39})
 
 
 def test_first_signal_asks_to_stop_second_stops_at_once():

@@ -252,3 +252,28 @@ def test_resume_run_dir_mapping(tmp_path):
     assert resume_run_dir(str(run_dir / "checkpoints" / "best.pt"), "new") == str(run_dir)
     assert resume_run_dir(str(tmp_path / "loose.pt"), "new") == "new"
     assert resume_run_dir(str(tmp_path / "missing"), "new") == "new"
+
+
+def test_checkpoint_cadence(tmp_path, monkeypatch):
+    from harness.checkpoint import Checkpointer
+
+    saved = []
+    real_save = Checkpointer.save
+
+    def spy(self, state, metrics=None):
+        saved.append(state["progress"]["epoch"])
+        return real_save(self, state, metrics)
+
+    monkeypatch.setattr(Checkpointer, "save", spy)
+    # train/loss with mode max improves only on the first epoch: the cadence alone decides the rest
+    common = ["trainer.max_epochs=5", "trainer.monitor=train/loss", "trainer.monitor_mode=max"]
+    run(tmp_path, "every2", *common, "trainer.checkpoint_every_n_epochs=2")
+    assert saved == [1, 2, 4, 5]
+    saved.clear()
+    run(tmp_path, "end", *common, "trainer.checkpoint_every_n_epochs=0")
+    assert saved == [1, 5]
+    full = run(tmp_path, "full", "trainer.max_epochs=6")
+    run(tmp_path, "sparse", "trainer.max_epochs=6", "trainer.checkpoint_every_n_epochs=4")
+    (tmp_path / "sparse" / "checkpoints" / "last.pt").unlink()
+    (tmp_path / "sparse" / "checkpoints" / "best.pt").rename(tmp_path / "sparse" / "checkpoints" / "last.pt")
+    assert run(tmp_path, "sparse", "trainer.max_epochs=6", "resume=auto") == full  # from an older one: still exact
