@@ -88,7 +88,8 @@ def main(cfg: DictConfig) -> float:
         record(run_dir, "interrupted", overrides, time.monotonic() - started, error=str(e))
         hint = [o for o in overrides if not o.startswith("resume=")] + [f"resume={run_dir}"]
         if main_rank:
-            print(f"{e}\nresume with: python train.py {' '.join(hint)}", file=sys.stderr)
+            launcher = f"torchrun --nproc_per_node={world().size}" if world().size > 1 else "python"
+            print(f"{e}\nresume with: {launcher} train.py {' '.join(hint)}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         record(run_dir, "interrupted", overrides, time.monotonic() - started, error="stopped at once")
