@@ -125,12 +125,19 @@ def _compile(model: torch.nn.Module) -> torch.nn.Module:
         return model
 
 
+def _parameters(target: str) -> set[str]:
+    """The keyword names ``target`` accepts; empty when it can't be found (``_build`` then says why)."""
+    try:
+        return set(inspect.signature(hydra.utils.get_object(target)).parameters)
+    except Exception:
+        return set()
+
+
 def _fused_kwargs(node: DictConfig, device: torch.device) -> dict[str, bool]:
     """``fused=True`` for a torch optimizer that offers it, on CUDA, unless the config chose."""
     if device.type != "cuda" or "fused" in node:
         return {}
-    target = hydra.utils.get_class(node._target_)
-    return {"fused": True} if "fused" in inspect.signature(target).parameters else {}
+    return {"fused": True} if "fused" in _parameters(node._target_) else {}
 
 
 def build(cfg: DictConfig) -> Components:
@@ -161,8 +168,11 @@ def build(cfg: DictConfig) -> Components:
     interval = cfg.scheduler.interval
     accumulate = cfg.trainer.accumulate_grad_batches
     steps_per_epoch = math.ceil(len(train_loader) / accumulate) if interval == "step" else 1
+    # Ours and OneCycleLR take steps_per_epoch; torch's StepLR and the like count in scheduler steps.
+    takes_steps = "steps_per_epoch" in _parameters(cfg.scheduler._target_)
     scheduler = _build(
-        "scheduler", cfg.scheduler, drop=_SCHEDULER_KEYS, optimizer=optimizer, steps_per_epoch=steps_per_epoch
+        "scheduler", cfg.scheduler, drop=_SCHEDULER_KEYS, optimizer=optimizer,
+        **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}),
     )
     scaler = torch.amp.GradScaler(device.type, enabled=str(cfg.trainer.precision) == "16-mixed")
     log.info(

@@ -17,7 +17,8 @@ def test_every_group_has_its_options():
     assert options("model") == ["cnn", "mlp", "resnet18"]
     assert options("data") == ["cifar10", "digits", "fake", "fashion_mnist", "imagefolder", "mnist"]
     assert options("optimizer") == ["adamw", "sgd"]
-    assert options("scheduler") == ["constant", "cosine_warmup"]
+    assert options("scheduler") == ["constant", "constant_warmup", "cosine_restarts", "cosine_warmup",
+                                    "linear_warmup", "multistep", "onecycle", "step", "wsd"]
 
 
 def train_one_batch(components) -> float:

@@ -193,3 +193,127 @@ def test_no_warnings_in_the_right_order(make):
 def test_constant_scheduler_keeps_every_group_at_its_base_lr():
     sched = ConstantScheduler(make_optimizer(0.1, 0.3), steps_per_epoch=7)
     assert lrs_per_step(sched, 5) == [[0.1, 0.3]] * 5
+
+
+# ---- the family: every schedule of ours through the same checks, plus a literal table each ----
+
+from harness.schedulers import (  # noqa: E402
+    ConstantWarmupScheduler,
+    CosineRestartsScheduler,
+    LinearWarmupScheduler,
+    WSDScheduler,
+    cosine_restarts_lr,
+    warmup_decay_lr,
+)
+
+FAMILY = {
+    "cosine_warmup": (CosineWarmupScheduler, {}),
+    "cosine_warmup_from_floor": (CosineWarmupScheduler, {"warmup_start_lr": 0.05}),
+    "linear_warmup": (LinearWarmupScheduler, {}),
+    "constant_warmup": (ConstantWarmupScheduler, {}),
+    "wsd_linear": (WSDScheduler, {"decay_fraction": 0.3}),
+    "wsd_cosine": (WSDScheduler, {"decay_fraction": 0.5, "decay_shape": "cosine"}),
+    "wsd_sqrt": (WSDScheduler, {"decay_fraction": 0.6, "decay_shape": "sqrt"}),
+    "cosine_restarts": (CosineRestartsScheduler, {"cycles": 3, "cycle_decay": 0.6}),
+    "cosine_restarts_mult": (CosineRestartsScheduler, {"cycles": 2, "cycle_mult": 2.0}),
+    "cosine_restarts_epochs": (CosineRestartsScheduler, {"cycle_epochs": 4}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+@pytest.mark.parametrize("warmup, total", [(0, 12), (3, 12), (2.5, 20)])
+def test_family_properties(name, warmup, total):
+    cls, kwargs = FAMILY[name]
+    base, floor = (0.2, 0.1), (0.002, 0.0)
+    sched = cls(make_optimizer(*base), warmup, total, list(floor), **kwargs)
+    lrs = lrs_per_step(sched, total + 10)
+    last = total - 1
+    for g in range(2):
+        series = [lr[g] for lr in lrs]
+        assert series[0] > 0, "the first epoch never trains at LR 0"
+        assert max(series) <= base[g] + 1e-15
+        if cls is ConstantWarmupScheduler:
+            assert series[last:] == [base[g]] * (len(series) - last), "constant after warmup"
+            continue
+        assert min(series) >= floor[g] - 1e-15
+        assert series[last] == floor[g], "the last epoch trains at exactly min_lr"
+        assert all(lr == floor[g] for lr in series[last:]), "holds min_lr after the end"
+        if warmup:
+            ramp = series[: int(warmup)]
+            assert all(a < b for a, b in zip(ramp, ramp[1:])), "warmup rises"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_family_state_round_trip_and_step_interval(name):
+    cls, kwargs = FAMILY[name]
+    sched = cls(make_optimizer(0.1), 2, 10, 0.001, **kwargs)
+    lrs_per_step(sched, 4)
+    buffer = io.BytesIO()
+    torch.save(sched.state_dict(), buffer)
+    buffer.seek(0)
+    clone = cls(make_optimizer(0.1), 2, 10, 0.001, **kwargs)
+    clone.load_state_dict(torch.load(buffer, weights_only=True))
+    assert lrs_per_step(clone, 12) == lrs_per_step(sched, 12)
+    # interval=step: the same curve in steps, sampled at each epoch's first step
+    per_epoch = [lr[0] for lr in lrs_per_step(cls(make_optimizer(0.1), 2, 10, 0.001, **kwargs), 10)]
+    per_step = [lr[0] for lr in lrs_per_step(cls(make_optimizer(0.1), 2, 10, 0.001, steps_per_epoch=5, **kwargs), 50)]
+    assert per_step[4::5] == pytest.approx(per_epoch, abs=1e-12)  # an epoch's last step = that epoch's value
+
+
+@pytest.mark.parametrize(
+    "lr_fn, t, expected",
+    [
+        # linear_warmup: base 1, warmup 2, total 6, min 0
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 6, 0.0, "linear"), 1, 0.5),
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 6, 0.0, "linear"), 3, 0.75),
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 6, 0.0, "linear"), 5, 0.25),
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 6, 0.0, "linear"), 6, 0.0),
+        # constant_warmup from a floor: base 1, warmup 4, start 0.2
+        (lambda t: warmup_decay_lr(t, 1.0, 4, 10, 0.0, "constant", warmup_start_lr=0.2), 1, 0.4),
+        (lambda t: warmup_decay_lr(t, 1.0, 4, 10, 0.0, "constant", warmup_start_lr=0.2), 4, 1.0),
+        (lambda t: warmup_decay_lr(t, 1.0, 4, 10, 0.0, "constant", warmup_start_lr=0.2), 40, 1.0),
+        # cosine from a floor: base 1, warmup 2, start 0.5
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 10, 0.0, "cosine", warmup_start_lr=0.5), 1, 0.75),
+        # wsd: base 1, min 0.1, warmup 2, total 10, decay over the last 30% (from t = 7)
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 10, 0.1, "linear", decay_start=7), 5, 1.0),
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 10, 0.1, "linear", decay_start=7), 7, 1.0),
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 10, 0.1, "linear", decay_start=7), 8, 0.7),
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 10, 0.1, "linear", decay_start=7), 9, 0.4),
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 10, 0.1, "sqrt", decay_start=7), 8, 0.1 + 0.9 * (1 - (1 / 3) ** 0.5)),
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 10, 0.1, "cosine", decay_start=7), 8, 0.1 + 0.9 * 0.75),
+        (lambda t: warmup_decay_lr(t, 1.0, 2, 10, 0.1, "sqrt", decay_start=7), 10, 0.1),
+        # cosine restarts: base 1, no warmup, total 8, two cycles of 4, peak halves
+        (lambda t: cosine_restarts_lr(t, 1.0, 0, 8, 0.0, 4, 1.0, 0.5), 1, 0.5 * (1 + math.cos(math.pi / 4))),
+        (lambda t: cosine_restarts_lr(t, 1.0, 0, 8, 0.0, 4, 1.0, 0.5), 4, 0.0),
+        (lambda t: cosine_restarts_lr(t, 1.0, 0, 8, 0.0, 4, 1.0, 0.5), 5, 0.25 * (1 + math.cos(math.pi / 4))),
+        (lambda t: cosine_restarts_lr(t, 1.0, 0, 8, 0.0, 4, 1.0, 0.5), 7, 0.25 * (1 + math.cos(3 * math.pi / 4))),
+        (lambda t: cosine_restarts_lr(t, 1.0, 0, 8, 0.0, 4, 1.0, 0.5), 8, 0.0),
+        # cycle_mult 2: warmup 1, total 7 -> cycles of 2 then 4 epochs
+        (lambda t: cosine_restarts_lr(t, 1.0, 1, 7, 0.0, 2, 2.0, 1.0), 2, 0.5),
+        (lambda t: cosine_restarts_lr(t, 1.0, 1, 7, 0.0, 2, 2.0, 1.0), 3, 0.0),
+        (lambda t: cosine_restarts_lr(t, 1.0, 1, 7, 0.0, 2, 2.0, 1.0), 5, 0.5),
+    ],
+)
+def test_family_tables(lr_fn, t, expected):
+    assert lr_fn(t) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (WSDScheduler, {"decay_fraction": 0.0}, "decay_fraction=0.0 must be > 0"),
+        (WSDScheduler, {"decay_fraction": 1.5}, "decay_fraction=1.5 must be in (0, 1]"),
+        (WSDScheduler, {"decay_fraction": 0.9}, "starts the decay at epoch 1, inside the warmup"),
+        (WSDScheduler, {"decay_shape": "exp"}, "decay_shape='exp' must be linear, cosine or sqrt"),
+        (CosineRestartsScheduler, {}, "give one of cycles=None and cycle_epochs=None"),
+        (CosineRestartsScheduler, {"cycles": 2, "cycle_epochs": 3}, "not both or neither"),
+        (CosineRestartsScheduler, {"cycles": 0}, "cycles=0 must be an integer >= 1"),
+        (CosineRestartsScheduler, {"cycles": 2, "cycle_mult": 0.5}, "cycle_mult=0.5 must be >= 1"),
+        (CosineRestartsScheduler, {"cycles": 2, "cycle_decay": 0}, "cycle_decay=0 must be in (0, 1]"),
+        (LinearWarmupScheduler, {"warmup_start_lr": 0.5}, "warmup_start_lr=0.5 must be <= the base LR 0.1"),
+    ],
+)
+def test_family_bad_arguments(cls, kwargs, message):
+    with pytest.raises(ValueError) as info:
+        cls(make_optimizer(0.1), 2, 10, 0.0, **kwargs)
+    assert message in str(info.value)
