@@ -215,10 +215,11 @@ def hydra_subdir(run_dir: str, stamp: str) -> str | None:
 
 
 def run_stamp(pattern: str) -> str:
-    """The run's start time formatted with ``pattern``: ``HARNESS_RUN_STAMP`` (ISO time) if set, so every
-    torchrun process names the same run directory, else now."""
-    stamp = os.environ.get("HARNESS_RUN_STAMP")
-    return (datetime.fromisoformat(stamp) if stamp else datetime.now()).strftime(pattern)
+    """The launch's start time formatted with ``pattern``: ``HARNESS_RUN_STAMP`` (ISO time), which
+    ``train.py`` takes from rank 0 under torchrun so every process names the same run directory."""
+    # The first call fixes the stamp for the process, so a sweep's jobs all resolve the same directory.
+    stamp = os.environ.setdefault("HARNESS_RUN_STAMP", datetime.now().isoformat())
+    return datetime.fromisoformat(stamp).strftime(pattern)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

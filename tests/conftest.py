@@ -15,10 +15,10 @@ CONF = ROOT / "conf"
 FAST = ["trainer.max_epochs=4", "trainer.device=cpu", "trainer.progress_bar=false"]
 
 
-def compose_config(overrides: list[str] = ()) -> DictConfig:
+def compose_config(overrides: list[str] = (), name: str = "config") -> DictConfig:
     """The config `python train.py <overrides>` would run, without Hydra's runtime section."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name=name, overrides=list(overrides))
 
 
 @pytest.fixture

@@ -1,0 +1,164 @@
+"""Preview an LR schedule without building the data or training:
+
+    python -m harness.schedule scheduler=wsd scheduler.warmup_epochs=3 trainer.max_epochs=40
+    python -m harness.schedule -m scheduler=cosine_warmup,wsd,linear_warmup     # side by side
+
+Composed by Hydra from the same ``conf/`` as ``train.py`` (``conf/preview.yaml``), so any config or override
+works. Prints the LR per epoch (per step, condensed, with ``scheduler.interval=step``) as a table with a text
+plot, and writes ``schedule.csv`` and ``schedule.png`` (one curve per param group; matplotlib, from the
+``plot`` extra) into ``outputs/schedules/...``. A multirun draws every job's schedule on one figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import HarnessError
+
+__all__ = ["simulate", "text_plot", "write_csv", "plot", "PreviewFigure"]
+
+CSV = "schedule.csv"
+
+
+def simulate(scheduler_factory, optimizer: torch.optim.Optimizer, steps: int) -> list[list[float]]:
+    """The LR of every param group for each of ``steps`` scheduler steps, stepping in the right order."""
+    scheduler = scheduler_factory(optimizer)
+    lrs = []
+    for _ in range(steps):
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def text_plot(values: list[float], width: int = 50) -> list[str]:
+    """One bar of ``#`` per value, scaled to the largest."""
+    top = max(values) or 1.0
+    return ["#" * max(1, round(width * v / top)) if v > 0 else "" for v in values]
+
+
+def write_csv(path: Path, lrs: list[list[float]], unit: str, steps_per_epoch: int) -> None:
+    """``<unit>,epoch,lr/group0,...``: one row per scheduler step, with the epoch it belongs to."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([unit, "epoch", *[f"lr/group{i}" for i in range(len(lrs[0]))]])
+        for i, row in enumerate(lrs):
+            writer.writerow([i, i // steps_per_epoch, *row])
+
+
+def _read_csv(path: Path) -> tuple[list[float], dict[str, list[float]]]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r[next(iter(r))]) / max(1, _steps_per_epoch(rows)) for r in rows]
+    curves = {k: [float(r[k]) for r in rows] for k in rows[0] if k.startswith("lr/")}
+    return epochs, curves
+
+
+def _steps_per_epoch(rows: list[dict]) -> int:
+    return sum(1 for r in rows if r["epoch"] == "0")
+
+
+def plot(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> Path | None:
+    """Draws ``{label: (epochs, lrs)}`` into ``path``; ``None`` (with a message) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("schedule.png needs matplotlib: pip install -e \".[plot]\" (the CSV is written anyway)",
+              file=sys.stderr)
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label, drawstyle="steps-post" if len(x) < 200 else "default")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _preview(cfg: DictConfig, out_dir: Path) -> list[list[float]]:
+    from harness.config import validate
+    from harness.experiment import _build, _parameters  # the same construction as a training run
+
+    validate(cfg)
+    interval = cfg.scheduler.interval
+    steps_per_epoch = cfg.steps_per_epoch if interval == "step" else 1
+    epochs = cfg.trainer.max_epochs
+    optimizer = _build("optimizer", cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
+    takes_steps = "steps_per_epoch" in _parameters(cfg.scheduler._target_)
+    spec = {k: v for k, v in OmegaConf.to_container(cfg.scheduler, resolve=True).items() if k != "interval"}
+
+    def factory(opt):
+        return _build("scheduler", OmegaConf.create(spec), optimizer=opt,
+                      **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}))
+
+    lrs = simulate(factory, optimizer, epochs * steps_per_epoch)
+    unit = "step" if interval == "step" else "epoch"
+    write_csv(out_dir / CSV, lrs, unit, steps_per_epoch)
+
+    name = cfg.scheduler._target_.rsplit(".", 1)[-1]
+    print(f"{name}: {epochs} epochs" + (f" x {steps_per_epoch} steps" if interval == "step" else ""))
+    per_epoch = lrs[steps_per_epoch - 1 :: steps_per_epoch] if interval == "step" else lrs
+    shown = [row[0] for row in per_epoch]
+    label = "lr at each epoch's last step" if interval == "step" else "lr"
+    print(f"{'epoch':>6}  {label:<28}")
+    for epoch, (lr, bar) in enumerate(zip(shown, text_plot(shown))):
+        others = "  ".join(f"{v:.6g}" for v in per_epoch[epoch][1:])
+        print(f"{epoch:>6}  {lr:<12.6g}{others:<16} {bar}")
+    x = [i / steps_per_epoch for i in range(len(lrs))]
+    curves = {f"group{g}": (x, [row[g] for row in lrs]) for g in range(len(lrs[0]))}
+    png = plot(curves, out_dir / "schedule.png", name)
+    print(f"wrote {out_dir / CSV}" + (f" and {png}" if png else ""))
+    return lrs
+
+
+class PreviewFigure(Callback):
+    """Hydra callback for ``-m``: every job's schedule (group 0) on one figure in the sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        curves = {}
+        for path in sorted(sweep.glob(f"*/{CSV}")):
+            overrides = (path.parent / ".hydra" / "overrides.yaml").read_text().replace("- ", "").split("\n")
+            label = " ".join(o for o in overrides if o) or path.parent.name
+            x, lrs = _read_csv(path)
+            curves[label] = (x, lrs["lr/group0"])
+        if curves:
+            png = plot(curves, sweep / "schedule.png", "LR schedules")
+            if png:
+                print(f"wrote {png}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="preview")
+def main(cfg: DictConfig) -> None:
+    """Prints and plots the schedule ``cfg`` describes."""
+    try:
+        _preview(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except HarnessError as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    from harness.experiment import hydra_subdir, resume_run_dir, run_stamp
+
+    for name, fn in (("harness_run_dir", resume_run_dir), ("harness_hydra_subdir", hydra_subdir),
+                     ("harness_now", run_stamp)):
+        OmegaConf.register_new_resolver(name, fn, replace=True)
+    main()

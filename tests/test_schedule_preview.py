@@ -1,0 +1,72 @@
+"""`python -m harness.schedule`: the preview equals what training logs, and it writes its files."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+import harness
+from harness.schedule import _preview, text_plot
+from tests.conftest import FAST, ROOT, compose_config
+from tests.test_run import read_scalars
+
+STEPS_PER_EPOCH = 23
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("scheduler, interval", [("cosine_warmup", "epoch"), ("wsd", "step"),
+                                                 ("cosine_restarts", "epoch"), ("onecycle", "step")])
+def test_preview_csv_equals_the_lr_training_logs(tmp_path, scheduler, interval):
+    overrides = [*FAST, f"scheduler={scheduler}", f"scheduler.interval={interval}", "trainer.max_epochs=6",
+                 "trainer.log_every_n_steps=1"]
+    if scheduler != "onecycle":
+        overrides.append("scheduler.warmup_epochs=1")
+    preview_dir, run_dir = tmp_path / "preview", tmp_path / "run"
+    preview_dir.mkdir()
+    _preview(compose_config([*overrides, f"steps_per_epoch={STEPS_PER_EPOCH}"], name="preview"), preview_dir)
+    harness.run(compose_config(overrides), run_dir)
+
+    rows = read_csv(preview_dir / "schedule.csv")
+    logged = dict(read_scalars(run_dir)["lr/group0"])  # optimizer step (1-based) -> LR it used
+    assert len(logged) == 6 * STEPS_PER_EPOCH
+    for step, lr in logged.items():
+        index = step - 1 if interval == "step" else (step - 1) // STEPS_PER_EPOCH
+        assert float(rows[index]["lr/group0"]) == pytest.approx(lr, rel=1e-6)  # events hold float32
+
+
+def test_text_plot_scales_to_the_peak():
+    assert text_plot([0.5, 1.0, 0.0, 0.25], width=8) == ["####", "########", "", "##"]
+
+
+@pytest.mark.slow
+def test_preview_command_and_side_by_side_sweep(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    one = subprocess.run([sys.executable, "-m", "harness.schedule", "scheduler=wsd", "scheduler.warmup_epochs=3",
+                          "trainer.max_epochs=40"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert "WSDScheduler: 40 epochs" in one.stdout
+    (csv_path,) = tmp_path.glob("outputs/schedules/*/*/schedule.csv")
+    rows = read_csv(csv_path)
+    assert len(rows) == 40 and float(rows[-1]["lr/group0"]) == pytest.approx(1e-3)
+    assert (csv_path.parent / "schedule.png").stat().st_size > 10_000
+
+    many = subprocess.run([sys.executable, "-m", "harness.schedule", "-m",
+                           "scheduler=cosine_warmup,wsd,linear_warmup"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert many.returncode == 0, many.stderr[-2000:]
+    (sweep,) = tmp_path.glob("outputs/schedules/multirun/*/*")
+    assert len(list(sweep.glob("*/schedule.csv"))) == 3
+    assert (sweep / "schedule.png").stat().st_size > 10_000
+
+    bad = subprocess.run([sys.executable, "-m", "harness.schedule", "scheduler.warmup_epochs=99"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == ("error: scheduler.warmup_epochs=99 must be < scheduler.total_epochs=30 "
+                                  "(it follows trainer.max_epochs)")
