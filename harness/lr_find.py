@@ -1,0 +1,193 @@
+"""The LR range test (Smith, 2015): train for a few hundred steps while the LR grows exponentially, watch
+the smoothed loss, stop when it diverges, and suggest the LR where it fell fastest.
+
+    python -m harness.lr_find                       # the default model and data
+    python -m harness.lr_find model=cnn optimizer=adamw lr_find.num_steps=300
+
+Composed from the same ``conf/`` as ``train.py`` (``conf/lr_find.yaml``). Writes the curve to TensorBoard
+(``lr_find/loss``, ``lr_find/smoothed_loss``, ``lr_find/lr``, x = step) and to ``lr_find.png`` with the
+suggestion marked, then prints the override to use. The model and optimizer are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from harness.errors import HarnessError
+
+__all__ = ["RangeTest", "lr_range_test", "suggest"]
+
+
+@dataclass
+class RangeTest:
+    """The curve of a range test and its suggestion."""
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestion: float
+
+
+def suggest(lrs: list[float], smoothed: list[float], skip_start: float = 0.1) -> float:
+    """The LR where the smoothed loss falls fastest against log(LR) (steepest descent), ignoring the
+    noisy first ``skip_start`` of the curve."""
+    start = max(1, int(len(lrs) * skip_start))
+    logs = [math.log(lr) for lr in lrs]
+    slopes = [
+        (smoothed[i + 1] - smoothed[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(start, len(lrs) - 1)
+    ]
+    if not slopes:
+        raise ValueError(f"the range test stopped after {len(lrs)} steps: too few to suggest an LR")
+    return lrs[start + min(range(len(slopes)), key=slopes.__getitem__)]
+
+
+def lr_range_test(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    device: torch.device,
+    min_lr: float = 1e-6,
+    max_lr: float = 10.0,
+    num_steps: int = 200,
+    smoothing: float = 0.98,
+    diverge_factor: float = 4.0,
+    loss_fn=F.cross_entropy,
+) -> RangeTest:
+    """Runs the range test and puts the model and optimizer back as they were.
+
+    Every param group's LR follows ``min_lr * (max_lr / min_lr) ** (i / (num_steps - 1))``, scaled by its
+    base LR relative to group 0's. The loss is smoothed with an exponential moving average (debiased);
+    the test stops early once the smoothed loss exceeds ``diverge_factor`` times its lowest value or
+    turns non-finite.
+    """
+    if not 0 < min_lr < max_lr:
+        raise ValueError(f"lr_find.min_lr={min_lr!r} must be > 0 and < lr_find.max_lr={max_lr!r}")
+    if num_steps < 3:
+        raise ValueError(f"lr_find.num_steps={num_steps!r} must be >= 3")
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_optimizer = copy.deepcopy(optimizer.state_dict())
+    ratios = [group["lr"] / optimizer.param_groups[0]["lr"] for group in optimizer.param_groups]
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    average, best = 0.0, math.inf
+    batches = iter(())
+    model.train()
+    try:
+        for i in range(num_steps):
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = iter(loader)  # as many epochs as the test needs
+                x, y = next(batches)
+            lr = min_lr * (max_lr / min_lr) ** (i / (num_steps - 1))
+            for group, ratio in zip(optimizer.param_groups, ratios):
+                group["lr"] = lr * ratio
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()  # the test needs every loss on the host to decide when to stop
+            if not math.isfinite(value):
+                break
+            average = smoothing * average + (1 - smoothing) * value
+            debiased = average / (1 - smoothing ** (i + 1))
+            lrs.append(lr)
+            losses.append(value)
+            smoothed.append(debiased)
+            best = min(best, debiased)
+            if debiased > diverge_factor * best:
+                break
+    finally:
+        model.load_state_dict(saved_model)
+        optimizer.load_state_dict(saved_optimizer)
+    return RangeTest(lrs, losses, smoothed, suggest(lrs, smoothed))
+
+
+def _plot(test: RangeTest, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("lr_find.png needs matplotlib: pip install -e \".[plot]\"", file=sys.stderr)
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(test.lrs, test.losses, alpha=0.3, label="loss")
+    ax.plot(test.lrs, test.smoothed, label="smoothed loss")
+    ax.axvline(test.suggestion, color="red", linestyle="--", label=f"suggested lr {test.suggestion:.3g}")
+    ax.set_xscale("log")
+    ax.set_ylim(min(test.losses) * 0.9, max(test.smoothed[0], min(test.smoothed) * 2) * 1.3)  # not the blow-up
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("LR range test")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_lr_find(cfg, run_dir: str | Path) -> RangeTest:
+    """Builds the run from ``cfg`` (as training would), runs the range test with ``cfg.lr_find``, and
+    writes its curve to TensorBoard and ``lr_find.png`` in ``run_dir``."""
+    from harness.experiment import build
+    from harness.tensorboard import TensorBoardLogger
+
+    c = build(cfg)
+    knobs = cfg.lr_find
+    try:
+        test = lr_range_test(c.model, c.optimizer, c.train_loader, c.device, knobs.min_lr, knobs.max_lr,
+                             knobs.num_steps, knobs.smoothing, knobs.diverge_factor)
+    except ValueError as e:
+        raise HarnessError(str(e)) from e
+    run_dir = Path(run_dir)
+    with TensorBoardLogger(run_dir) as logger:
+        for step, (lr, loss, smooth) in enumerate(zip(test.lrs, test.losses, test.smoothed), 1):
+            logger.log({"lr_find/lr": lr, "lr_find/loss": loss, "lr_find/smoothed_loss": smooth}, step)
+    png = _plot(test, run_dir / "lr_find.png")
+    print(f"LR range test: {len(test.lrs)} steps from {test.lrs[0]:.3g} to {test.lrs[-1]:.3g}; "
+          f"steepest descent of the smoothed loss at {test.suggestion:.3g}")
+    print(f"curve: TensorBoard in {run_dir}" + (f", {png}" if png else ""))
+    override = f"optimizer.lr={test.suggestion:.3g}"
+    floor = cfg.scheduler.get("min_lr")
+    if isinstance(floor, (int, float)) and floor > float(f"{test.suggestion:.3g}"):
+        override += f" scheduler.min_lr={test.suggestion / 100:.3g}"  # the floor must stay below the peak
+    print(f"use it with: python train.py {override}")
+    return test
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from harness.experiment import hydra_subdir, resume_run_dir, run_stamp
+
+    for name, fn in (("harness_run_dir", resume_run_dir), ("harness_hydra_subdir", hydra_subdir),
+                     ("harness_now", run_stamp)):
+        OmegaConf.register_new_resolver(name, fn, replace=True)
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="lr_find")
+    def entry(cfg) -> None:
+        try:
+            run_lr_find(cfg, HydraConfig.get().runtime.output_dir)
+        except HarnessError as e:
+            print("error: " + " ".join(str(e).split()), file=sys.stderr)
+            sys.exit(1)
+
+    entry()
+
+
+if __name__ == "__main__":
+    main()
