@@ -70,3 +70,12 @@ def test_preview_command_and_side_by_side_sweep(tmp_path):
     assert bad.returncode == 1
     assert bad.stderr.strip() == ("error: scheduler.warmup_epochs=99 must be < scheduler.total_epochs=30 "
                                   "(it follows trainer.max_epochs)")
+
+
+def test_a_missing_matplotlib_is_named_and_the_csv_still_written(tmp_path, monkeypatch, capsys):
+    from harness.schedule import plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert plot({"a": ([0, 1], [0.1, 0.2])}, tmp_path / "x.png", "t") is None
+    assert 'schedule.png needs matplotlib: pip install -e ".[plot]"' in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
