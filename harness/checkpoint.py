@@ -139,8 +139,10 @@ def capture_rng(loader_state: torch.Tensor) -> dict[str, Any]:
         loader_state: state of the training loader's shuffle generator at the start of the current epoch.
     """
     np_state = np.random.get_state(legacy=False)
+    version, internal, gauss = random.getstate()
     return {
-        "python": random.getstate(),
+        # 625 ints as one tensor: pickled one by one they cost more than the model's weights here
+        "python": (version, torch.tensor(internal, dtype=torch.int64), gauss),
         "numpy": {**np_state, "state": {**np_state["state"], "key": torch.from_numpy(np_state["state"]["key"].copy())}},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -151,7 +153,7 @@ def capture_rng(loader_state: torch.Tensor) -> dict[str, Any]:
 def restore_rng(rng: Mapping[str, Any]) -> None:
     """Puts back the global generators saved by :func:`capture_rng` (the loader's is restored by the loop)."""
     version, internal, gauss = rng["python"]
-    random.setstate((version, tuple(internal), gauss))
+    random.setstate((version, tuple(internal.tolist()), gauss))
     np_state = dict(rng["numpy"])
     np_state["state"] = {**np_state["state"], "key": np_state["state"]["key"].numpy()}
     np.random.set_state(np_state)
