@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import harness
 from harness.config import better_direction
-from harness.errors import HarnessError, Interrupted
 from harness.distributed import broadcast_object, world
+from harness.errors import HarnessError, Interrupted
 from harness.experiment import hydra_subdir, resume_run_dir, run_stamp
 from harness.sweep import write_result
 

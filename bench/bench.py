@@ -39,7 +39,6 @@ def _epochs(steps: int, steps_per_epoch: int) -> int:
 
 def _record_first_step() -> dict:
     """Registers a global optimizer hook that notes when the first step ends and counts steps."""
-    import torch
 
     marks = {"first": None, "steps": 0}
 

@@ -213,7 +213,8 @@ class Checkpointer:
 
     ``save`` serialises the state at once (so training can go on changing it) and hands the file writes
     (temporary file, fsync, rename) to a background thread, where they wait on the disk without holding
-    up training (they release the GIL; serialising would not). At most one write is in flight; ``wait`` (or leaving the ``with`` block) blocks until it is on disk and re-raises a
+    up training (they release the GIL; serialising would not). At most one write is in flight; ``wait``
+    (or leaving the ``with`` block) blocks until it is on disk and re-raises a
     failed write.
 
     Args:

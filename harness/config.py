@@ -102,7 +102,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} must be true or false")
     metric = _get(cfg, "optimized_metric")
     if metric not in MONITORABLE:
-        raise ConfigError(f"optimized_metric={metric!r} is not a metric of this harness; use one of {', '.join(MONITORABLE)}")
+        raise ConfigError(
+            f"optimized_metric={metric!r} is not a metric of this harness; use one of {', '.join(MONITORABLE)}"
+        )
     resume = _get(cfg, "resume")
     if resume is not None and (not isinstance(resume, str) or not resume):
         raise ConfigError(f"resume={resume!r} must be null, auto, a run directory or a .pt file")

@@ -1,4 +1,4 @@
-"""Builds a run from a composed config and trains it: the only module that knows Hydra and OmegaConf.
+"""Builds a run from a composed Hydra config and trains it (the entry layer's core).
 
 Every swappable part is ``hydra.utils.instantiate`` of its config group, finished here with the runtime
 values it needs (the data's shape for the model, the parameters for the optimizer, the optimizer and
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
-from datetime import datetime
 import math
-from contextlib import nullcontext
+import os
 import random
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,8 @@ from harness.models import count_parameters
 from harness.signals import StopOnSignal
 from harness.tensorboard import TensorBoardLogger
 
-__all__ = ["run", "build", "Components", "config_changes", "resolve_device", "resume_run_dir", "hydra_subdir", "run_stamp",
-           "seed_everything"]
+__all__ = ["run", "build", "build_group", "accepts", "Components", "config_changes", "resolve_device",
+           "resume_run_dir", "hydra_subdir", "run_stamp", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _build(group: str, node: DictConfig, drop: tuple[str, ...] = (), **runtime: Any) -> Any:
+def build_group(group: str, node: DictConfig, drop: tuple[str, ...] = (), **runtime: Any) -> Any:
     """Calls ``node``'s ``_target_`` with its other keys (less ``drop``) and the ``runtime`` arguments.
 
     A constructor's ``ValueError``/``TypeError`` about its arguments becomes a one-line
@@ -125,8 +125,8 @@ def _compile(model: torch.nn.Module) -> torch.nn.Module:
         return model
 
 
-def _parameters(target: str) -> set[str]:
-    """The keyword names ``target`` accepts; empty when it can't be found (``_build`` then says why)."""
+def accepts(target: str) -> set[str]:
+    """The keyword names ``target`` accepts; empty when it can't be found (``build_group`` then says why)."""
     try:
         return set(inspect.signature(hydra.utils.get_object(target)).parameters)
     except Exception:
@@ -137,7 +137,7 @@ def _fused_kwargs(node: DictConfig, device: torch.device) -> dict[str, bool]:
     """``fused=True`` for a torch optimizer that offers it, on CUDA, unless the config chose."""
     if device.type != "cuda" or "fused" in node:
         return {}
-    return {"fused": True} if "fused" in _parameters(node._target_) else {}
+    return {"fused": True} if "fused" in accepts(node._target_) else {}
 
 
 def build(cfg: DictConfig) -> Components:
@@ -158,19 +158,20 @@ def build(cfg: DictConfig) -> Components:
         raise ConfigError(f"trainer.precision=16-mixed needs CUDA (the device is {device}); use bf16 on a CPU")
     seed_everything(cfg.seed)
 
-    splits = _build("data", cfg.data, drop=_DATA_LOADER_KEYS)
+    splits = build_group("data", cfg.data, drop=_DATA_LOADER_KEYS)
     train_loader, val_loader = make_loaders(
         splits, cfg.data.batch_size, cfg.data.num_workers, seed=cfg.seed, pin_memory=device.type == "cuda",
         on_device=cfg.data.get("on_device", False), device=device, rank=w.rank, world_size=w.size,
     )
-    model = _build("model", cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes).to(device)
-    optimizer = _build("optimizer", cfg.optimizer, params=model.parameters(), **_fused_kwargs(cfg.optimizer, device))
+    model = build_group("model", cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes).to(device)
+    fused = _fused_kwargs(cfg.optimizer, device)
+    optimizer = build_group("optimizer", cfg.optimizer, params=model.parameters(), **fused)
     interval = cfg.scheduler.interval
     accumulate = cfg.trainer.accumulate_grad_batches
     steps_per_epoch = math.ceil(len(train_loader) / accumulate) if interval == "step" else 1
     # Ours and OneCycleLR take steps_per_epoch; torch's StepLR and the like count in scheduler steps.
-    takes_steps = "steps_per_epoch" in _parameters(cfg.scheduler._target_)
-    scheduler = _build(
+    takes_steps = "steps_per_epoch" in accepts(cfg.scheduler._target_)
+    scheduler = build_group(
         "scheduler", cfg.scheduler, drop=_SCHEDULER_KEYS, optimizer=optimizer,
         **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}),
     )
@@ -193,8 +194,8 @@ def resume_run_dir(resume: str | None, default: str) -> str:
     """Hydra's run directory for a ``resume`` setting: the resumed run's own, so it continues in place.
 
     ``resume=<run dir>`` or ``resume=<run dir>/checkpoints/<name>.pt`` gives that run directory;
-    ``null``, ``auto``, another ``.pt`` file or a path that does not exist gives ``default`` (the error about a missing path
-    comes later, from :func:`harness.checkpoint.resolve_resume`, without creating that path).
+    ``null``, ``auto``, another ``.pt`` file or a path that does not exist gives ``default`` (the error
+    about a missing path comes later, from :func:`harness.checkpoint.resolve_resume`, without creating that path).
     """
     if resume in (None, "auto"):
         return default
@@ -235,10 +236,9 @@ def config_changes(before: dict, after: dict) -> list[str]:
     """``key: old -> new`` for every leaf that differs between two plain configs (``resume`` aside)."""
     old, new = _flatten(before), _flatten(after)
     keys = sorted((set(old) | set(new)) - {"resume"})
-    missing = "<absent>"
-    return [
-        f"{k}: {old.get(k, missing)} -> {new.get(k, missing)}" for k in keys if old.get(k, missing) != new.get(k, missing)
-    ]
+    absent = "<absent>"
+    return [f"{k}: {old.get(k, absent)} -> {new.get(k, absent)}" for k in keys
+            if old.get(k, absent) != new.get(k, absent)]
 
 
 def _check_resumable(checkpoint: dict, config: dict, c: Components) -> None:

@@ -6,8 +6,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from itertools import islice
 from typing import Any, Protocol
 

@@ -94,18 +94,18 @@ def plot(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: 
 
 def _preview(cfg: DictConfig, out_dir: Path) -> list[list[float]]:
     from harness.config import validate
-    from harness.experiment import _build, _parameters  # the same construction as a training run
+    from harness.experiment import accepts, build_group  # the same construction as a training run
 
     validate(cfg)
     interval = cfg.scheduler.interval
     steps_per_epoch = cfg.steps_per_epoch if interval == "step" else 1
     epochs = cfg.trainer.max_epochs
-    optimizer = _build("optimizer", cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
-    takes_steps = "steps_per_epoch" in _parameters(cfg.scheduler._target_)
+    optimizer = build_group("optimizer", cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
+    takes_steps = "steps_per_epoch" in accepts(cfg.scheduler._target_)
     spec = {k: v for k, v in OmegaConf.to_container(cfg.scheduler, resolve=True).items() if k != "interval"}
 
     def factory(opt):
-        return _build("scheduler", OmegaConf.create(spec), optimizer=opt,
+        return build_group("scheduler", OmegaConf.create(spec), optimizer=opt,
                       **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}))
 
     lrs = simulate(factory, optimizer, epochs * steps_per_epoch)

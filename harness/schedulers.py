@@ -185,7 +185,9 @@ class WarmupScheduler(LRScheduler):
             if floor > base:
                 raise ValueError(f"min_lr={floor:g} must be <= the base LR {base:g} of param group {i}")
             if warmup_start_lr > base:
-                raise ValueError(f"warmup_start_lr={warmup_start_lr:g} must be <= the base LR {base:g} of param group {i}")
+                raise ValueError(
+                    f"warmup_start_lr={warmup_start_lr:g} must be <= the base LR {base:g} of param group {i}"
+                )
         self.warmup_epochs = warmup_epochs
         self.total_epochs = total_epochs
         self.min_lrs = min_lrs
@@ -296,7 +298,8 @@ class CosineRestartsScheduler(WarmupScheduler):
             raise ValueError(f"cycle_mult={cycle_mult!r} must be >= 1")
         if not 0 < _check_number("cycle_decay", cycle_decay) <= 1:
             raise ValueError(f"cycle_decay={cycle_decay!r} must be in (0, 1]")
-        self.cycles, self.cycle_epochs, self.cycle_mult, self.cycle_decay = cycles, cycle_epochs, cycle_mult, cycle_decay
+        self.cycles, self.cycle_epochs = cycles, cycle_epochs
+        self.cycle_mult, self.cycle_decay = cycle_mult, cycle_decay
         super().__init__(optimizer, warmup_epochs, total_epochs, min_lr, warmup_start_lr, last_epoch, steps_per_epoch)
 
     def lr(self, t, base_lr, min_lr, warmup, total):

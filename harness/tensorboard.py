@@ -12,7 +12,8 @@ __all__ = ["TensorBoardLogger"]
 def _wait_for_a_later_second(log_dir: Path) -> None:
     """Event files are read in name order, and names start with the creation second: a resumed run's file
     must not share the interrupted one's second, or it could be read first and the purge undone."""
-    stamps = [int(p.name.split(".")[3]) for p in log_dir.glob("events.out.tfevents.*") if p.name.split(".")[3].isdigit()]
+    names = [p.name.split(".") for p in log_dir.glob("events.out.tfevents.*")]
+    stamps = [int(parts[3]) for parts in names if parts[3].isdigit()]
     if stamps and max(stamps) >= int(time.time()):
         time.sleep(max(stamps) + 1 - time.time())
 

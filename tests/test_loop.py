@@ -103,7 +103,8 @@ def test_nan_loss_stops_with_a_clear_error():
     def poisoned(logits, y):
         return torch.nn.functional.cross_entropy(logits, y) * float("nan")
 
-    with pytest.raises(TrainingError, match=r"the training loss is nan at epoch 1, step 2; no checkpoint yet. Lower optimizer.lr"):
+    message = r"the training loss is nan at epoch 1, step 2; no checkpoint yet. Lower optimizer.lr"
+    with pytest.raises(TrainingError, match=message):
         fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=2, device=torch.device("cpu"),
             log_every_n_steps=2, progress_bar=False, loss_fn=poisoned)
 

@@ -26,7 +26,8 @@ def run(tmp_path, name, *overrides):
 
 
 def per_epoch(scalars):
-    return {tag: scalars[tag] for tag in ("train/epoch_loss", "val/loss", "val/acc", "epoch", "lr/group0", "train/loss")}
+    tags = ("train/epoch_loss", "val/loss", "val/acc", "epoch", "lr/group0", "train/loss")
+    return {tag: scalars[tag] for tag in tags}
 
 
 @pytest.mark.parametrize("interval", ["epoch", "step"])
@@ -116,9 +117,9 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_skip_batch_drops_bad_updates_and_stops_if_they_keep_coming(tmp_path):
-    from tests.test_loop import toy_problem
     from harness.loop import Progress, fit
     from harness.schedulers import ConstantScheduler
+    from tests.test_loop import toy_problem
 
     model, loader, val = toy_problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

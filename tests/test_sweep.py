@@ -151,7 +151,8 @@ def test_a_wrong_optimized_metric_lists_the_ones_there_are(tmp_path):
     proc = train_subprocess(["optimized_metric=val/f1", *TINY], tmp_path)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1
-    assert "optimized_metric='val/f1' is not a metric of this harness; use one of val/acc, val/loss, train/loss" in stderr
+    expected = "optimized_metric='val/f1' is not a metric of this harness; use one of val/acc, val/loss, train/loss"
+    assert expected in stderr
 
 
 @pytest.mark.slow
