@@ -22,23 +22,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import harness
-from harness.config import better_direction
 from harness.distributed import broadcast_object, world
 from harness.errors import HarnessError, Interrupted
-from harness.experiment import hydra_subdir, resume_run_dir, run_stamp
+from harness.experiment import register_resolvers
 from harness.sweep import write_result
 
 log = logging.getLogger("train")
 
-# conf/config.yaml points hydra.run.dir and hydra.output_subdir at these, so `resume=<run dir>`
-# continues in that directory without overwriting the config it started with.
-OmegaConf.register_new_resolver("harness_run_dir", resume_run_dir, replace=True)
-OmegaConf.register_new_resolver("harness_hydra_subdir", hydra_subdir, replace=True)
-OmegaConf.register_new_resolver("harness_now", run_stamp, replace=True)
-# conf/hparams_search/*.yaml: maximize accuracies, minimize losses.
-OmegaConf.register_new_resolver(
-    "harness_direction", lambda metric: "maximize" if better_direction(metric) == "max" else "minimize", replace=True
-)
+register_resolvers()  # conf/ names them: the run dir (kept on resume), the start time, sweep direction
 
 
 # Options that need a Hydra plugin from the `sweep` extra, and the plugin's module.

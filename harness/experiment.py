@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from harness import __version__
 from harness.checkpoint import Checkpointer, load_checkpoint, resolve_resume, restore_training_state
-from harness.config import validate
+from harness.config import better_direction, validate
 from harness.data import TensorLoader, make_loaders
 from harness.distributed import World, setup, teardown, world
 from harness.errors import CheckpointError, ConfigError, HarnessError
@@ -40,13 +40,13 @@ from harness.signals import StopOnSignal
 from harness.tensorboard import TensorBoardLogger
 
 __all__ = ["run", "build", "build_group", "accepts", "Components", "config_changes", "resolve_device",
-           "resume_run_dir", "hydra_subdir", "run_stamp", "seed_everything"]
+           "resume_run_dir", "hydra_subdir", "run_stamp", "register_resolvers", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
 # Keys of a group that configure the harness, not the group's _target_.
-_DATA_LOADER_KEYS = ("batch_size", "num_workers", "on_device")
-_SCHEDULER_KEYS = ("interval",)
+DATA_LOADER_KEYS = ("batch_size", "num_workers", "on_device")
+SCHEDULER_KEYS = ("interval",)
 
 
 def seed_everything(seed: int) -> None:
@@ -158,7 +158,7 @@ def build(cfg: DictConfig) -> Components:
         raise ConfigError(f"trainer.precision=16-mixed needs CUDA (the device is {device}); use bf16 on a CPU")
     seed_everything(cfg.seed)
 
-    splits = build_group("data", cfg.data, drop=_DATA_LOADER_KEYS)
+    splits = build_group("data", cfg.data, drop=DATA_LOADER_KEYS)
     train_loader, val_loader = make_loaders(
         splits, cfg.data.batch_size, cfg.data.num_workers, seed=cfg.seed, pin_memory=device.type == "cuda",
         on_device=cfg.data.get("on_device", False), device=device, rank=w.rank, world_size=w.size,
@@ -172,7 +172,7 @@ def build(cfg: DictConfig) -> Components:
     # Ours and OneCycleLR take steps_per_epoch; torch's StepLR and the like count in scheduler steps.
     takes_steps = "steps_per_epoch" in accepts(cfg.scheduler._target_)
     scheduler = build_group(
-        "scheduler", cfg.scheduler, drop=_SCHEDULER_KEYS, optimizer=optimizer,
+        "scheduler", cfg.scheduler, drop=SCHEDULER_KEYS, optimizer=optimizer,
         **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}),
     )
     scaler = torch.amp.GradScaler(device.type, enabled=str(cfg.trainer.precision) == "16-mixed")
@@ -221,6 +221,23 @@ def run_stamp(pattern: str) -> str:
     # The first call fixes the stamp for the process, so a sweep's jobs all resolve the same directory.
     stamp = os.environ.setdefault("HARNESS_RUN_STAMP", datetime.now().isoformat())
     return datetime.fromisoformat(stamp).strftime(pattern)
+
+
+def register_resolvers() -> None:
+    """Registers the OmegaConf resolvers ``conf/`` uses; every Hydra entry point calls it first.
+
+    ``harness_run_dir`` (``resume=<run dir>`` continues in that directory), ``harness_hydra_subdir`` (a
+    resume keeps the run's first ``.hydra``), ``harness_now`` (one start time for all torchrun ranks) and
+    ``harness_direction`` (an Optuna search maximises accuracies and minimises losses).
+    """
+    resolvers = {
+        "harness_run_dir": resume_run_dir,
+        "harness_hydra_subdir": hydra_subdir,
+        "harness_now": run_stamp,
+        "harness_direction": lambda metric: "maximize" if better_direction(metric) == "max" else "minimize",
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

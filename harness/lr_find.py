@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
+from harness.plots import save_figure
 
 __all__ = ["RangeTest", "lr_range_test", "suggest"]
 
@@ -113,29 +114,14 @@ def lr_range_test(
 
 
 def _plot(test: RangeTest, path: Path) -> Path | None:
-    try:
-        import matplotlib
+    def draw(ax) -> None:
+        ax.plot(test.lrs, test.losses, alpha=0.3, label="loss")
+        ax.plot(test.lrs, test.smoothed, label="smoothed loss")
+        ax.axvline(test.suggestion, color="red", linestyle="--", label=f"suggested lr {test.suggestion:.3g}")
+        ax.set_xscale("log")
+        ax.set_ylim(min(test.losses) * 0.9, max(test.smoothed[0], min(test.smoothed) * 2) * 1.3)  # not the blow-up
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("lr_find.png needs matplotlib: pip install -e \".[plot]\"", file=sys.stderr)
-        return None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(test.lrs, test.losses, alpha=0.3, label="loss")
-    ax.plot(test.lrs, test.smoothed, label="smoothed loss")
-    ax.axvline(test.suggestion, color="red", linestyle="--", label=f"suggested lr {test.suggestion:.3g}")
-    ax.set_xscale("log")
-    ax.set_ylim(min(test.losses) * 0.9, max(test.smoothed[0], min(test.smoothed) * 2) * 1.3)  # not the blow-up
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    ax.set_title("LR range test")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(path, draw, title="LR range test", xlabel="learning rate", ylabel="training loss")
 
 
 def run_lr_find(cfg, run_dir: str | Path) -> RangeTest:
@@ -170,13 +156,10 @@ def run_lr_find(cfg, run_dir: str | Path) -> RangeTest:
 def main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
-    from harness.experiment import hydra_subdir, resume_run_dir, run_stamp
+    from harness.experiment import register_resolvers
 
-    for name, fn in (("harness_run_dir", resume_run_dir), ("harness_hydra_subdir", hydra_subdir),
-                     ("harness_now", run_stamp)):
-        OmegaConf.register_new_resolver(name, fn, replace=True)
+    register_resolvers()
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="lr_find")
     def entry(cfg) -> None:

@@ -20,9 +20,10 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from harness.errors import HarnessError
+from harness.plots import save_figure
 
 __all__ = ["simulate", "text_plot", "write_csv", "plot", "PreviewFigure"]
 
@@ -69,32 +70,18 @@ def _steps_per_epoch(rows: list[dict]) -> int:
 
 def plot(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> Path | None:
     """Draws ``{label: (epochs, lrs)}`` into ``path``; ``None`` (with a message) without matplotlib."""
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("schedule.png needs matplotlib: pip install -e \".[plot]\" (the CSV is written anyway)",
-              file=sys.stderr)
-        return None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, (x, y) in curves.items():
-        ax.plot(x, y, label=label, drawstyle="steps-post" if len(x) < 200 else "default")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    def draw(ax) -> None:
+        for label, (x, y) in curves.items():
+            ax.plot(x, y, label=label, drawstyle="steps-post" if len(x) < 200 else "default")
+
+    return save_figure(path, draw, title=title, xlabel="epoch", ylabel="learning rate",
+                       note=" (the CSV is written anyway)")
 
 
 def _preview(cfg: DictConfig, out_dir: Path) -> list[list[float]]:
     from harness.config import validate
-    from harness.experiment import accepts, build_group  # the same construction as a training run
+    from harness.experiment import SCHEDULER_KEYS, accepts, build_group  # built as a training run builds it
 
     validate(cfg)
     interval = cfg.scheduler.interval
@@ -102,11 +89,10 @@ def _preview(cfg: DictConfig, out_dir: Path) -> list[list[float]]:
     epochs = cfg.trainer.max_epochs
     optimizer = build_group("optimizer", cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
     takes_steps = "steps_per_epoch" in accepts(cfg.scheduler._target_)
-    spec = {k: v for k, v in OmegaConf.to_container(cfg.scheduler, resolve=True).items() if k != "interval"}
 
     def factory(opt):
-        return build_group("scheduler", OmegaConf.create(spec), optimizer=opt,
-                      **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}))
+        return build_group("scheduler", cfg.scheduler, drop=SCHEDULER_KEYS, optimizer=opt,
+                           **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}))
 
     lrs = simulate(factory, optimizer, epochs * steps_per_epoch)
     unit = "step" if interval == "step" else "epoch"
@@ -156,9 +142,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from harness.experiment import hydra_subdir, resume_run_dir, run_stamp
+    from harness.experiment import register_resolvers
 
-    for name, fn in (("harness_run_dir", resume_run_dir), ("harness_hydra_subdir", hydra_subdir),
-                     ("harness_now", run_stamp)):
-        OmegaConf.register_new_resolver(name, fn, replace=True)
+    register_resolvers()
     main()
