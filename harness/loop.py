@@ -250,6 +250,7 @@ def fit(
         # [epoch, window] sums of loss * batch size, in float64 on the device: one op a step, no sync
         sums = torch.tensor([p.epoch_loss, p.window_loss], dtype=torch.float64, device=device)
         consecutive_nonfinite = 0
+        accumulated = False  # gradients waiting for an optimizer step
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{max_epochs}", total=len(train_loader), initial=p.batch,
                    leave=False, disable=None if progress_bar else True)
         for x, y in bar:
@@ -264,16 +265,20 @@ def fit(
                             epoch + 1, p.batch, p.skipped)
                 if consecutive_nonfinite >= nonfinite_patience:
                     check_finite(loss.item(), f"the loss of {consecutive_nonfinite} batches in a row")
-                continue
-            consecutive_nonfinite = 0
-            group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
-            group_size = min(accumulate_grad_batches, len(train_loader) - group_start)  # the last may be short
-            scaler.scale(loss / group_size if group_size > 1 else loss).backward()
-            sums.add_(loss.detach(), alpha=len(y))
-            p.epoch_samples += len(y)
-            p.window_samples += len(y)
+            else:
+                consecutive_nonfinite = 0
+                group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
+                group_size = min(accumulate_grad_batches, len(train_loader) - group_start)  # the last may be short
+                scaler.scale(loss / group_size if group_size > 1 else loss).backward()
+                accumulated = True
+                sums.add_(loss.detach(), alpha=len(y))
+                p.epoch_samples += len(y)
+                p.window_samples += len(y)
             if p.batch % accumulate_grad_batches and p.batch < len(train_loader):
                 continue  # gradients add up until the group of batches is complete
+            if not accumulated:
+                continue  # every batch of the group was skipped: nothing to step
+            accumulated = False
 
             if grad_clip > 0:
                 scaler.unscale_(optimizer)

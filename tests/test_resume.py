@@ -278,3 +278,26 @@ def test_checkpoint_cadence(tmp_path, monkeypatch):
     (tmp_path / "sparse" / "checkpoints" / "last.pt").unlink()
     (tmp_path / "sparse" / "checkpoints" / "best.pt").rename(tmp_path / "sparse" / "checkpoints" / "last.pt")
     assert run(tmp_path, "sparse", "trainer.max_epochs=6", "resume=auto") == full  # from an older one: still exact
+
+
+def test_skip_batch_with_accumulation_steps_every_group_that_has_gradients():
+    from harness.loop import Progress, fit
+    from harness.schedulers import ConstantScheduler
+    from tests.test_loop import toy_problem
+
+    model, loader, val = toy_problem()  # 6 batches: groups of 2 are (1,2) (3,4) (5,6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = {"n": 0}
+
+    def nan_on_4_5_6(logits, y):
+        calls["n"] += 1
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        return loss * float("nan") if calls["n"] in (4, 5, 6) else loss
+
+    progress = Progress()
+    metrics = fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=1, device=torch.device("cpu"),
+                  accumulate_grad_batches=2, on_nonfinite="skip_batch", progress=progress, progress_bar=False,
+                  loss_fn=nan_on_4_5_6)
+    # group (1,2): a step; group (3,4): batch 4 skipped, batch 3's gradients still step; group (5,6): nothing
+    assert metrics["step"] == 2
+    assert progress.skipped == 3

@@ -120,3 +120,32 @@ def test_cuda_precisions_train_and_checkpoint_the_scaler(tmp_path, precision):
     c = build(cfg)
     assert c.optimizer.defaults.get("fused") is True  # fused SGD on CUDA
     assert c.train_loader.tensors[0].device.type == "cuda"  # digits live on the GPU
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_saves_once_and_resumes(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "train.py"),
+            "trainer.max_epochs=30", "data.batch_size=8", "trainer.progress_bar=false", "hydra.run.dir=ddp"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "ddp" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert stderr.count("stopped by SIGTERM at epoch") == 1, "rank 0 alone reports and saves"
+    assert "resume with: torchrun --nproc_per_node=2 train.py" in stderr
+    stopped = load_checkpoint(last)["progress"]
+    assert stopped["batch"] > 0
+
+    resumed = subprocess.run([*args, "resume=auto"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    done = load_checkpoint(last)["progress"]
+    assert done["epoch"] == 30 and done["step"] == 30 * 90
