@@ -14,7 +14,10 @@ import torch
 import harness
 from harness.checkpoint import load_checkpoint
 from harness.errors import CheckpointError, ConfigError, TrainingError
+from harness.loop import Progress, fit
+from harness.schedulers import ConstantScheduler
 from tests.conftest import ROOT, compose_config
+from tests.test_loop import toy_problem
 from tests.test_run import read_scalars
 
 BASE = ["trainer.device=cpu", "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
@@ -116,23 +119,24 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert last.read_bytes() == good
 
 
-def test_skip_batch_drops_bad_updates_and_stops_if_they_keep_coming(tmp_path):
-    from harness.loop import Progress, fit
-    from harness.schedulers import ConstantScheduler
-    from tests.test_loop import toy_problem
-
-    model, loader, val = toy_problem()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+def nan_on_calls(*which: int):
+    """Cross-entropy that turns NaN on the given (1-based) calls."""
     calls = {"n": 0}
 
-    def sometimes_nan(logits, y):
+    def loss_fn(logits, y):
         calls["n"] += 1
         loss = torch.nn.functional.cross_entropy(logits, y)
-        return loss * float("nan") if calls["n"] in (2, 3, 5) else loss
+        return loss * float("nan") if calls["n"] in which else loss
 
+    return loss_fn
+
+
+def test_skip_batch_drops_bad_updates_and_stops_if_they_keep_coming(tmp_path):
+    model, loader, val = toy_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     progress = Progress()
     metrics = fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=1, device=torch.device("cpu"),
-                  on_nonfinite="skip_batch", progress=progress, progress_bar=False, loss_fn=sometimes_nan)
+                  on_nonfinite="skip_batch", progress=progress, progress_bar=False, loss_fn=nan_on_calls(2, 3, 5))
     assert progress.skipped == 3
     assert metrics["step"] == 6 - 3
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -281,23 +285,12 @@ def test_checkpoint_cadence(tmp_path, monkeypatch):
 
 
 def test_skip_batch_with_accumulation_steps_every_group_that_has_gradients():
-    from harness.loop import Progress, fit
-    from harness.schedulers import ConstantScheduler
-    from tests.test_loop import toy_problem
-
     model, loader, val = toy_problem()  # 6 batches: groups of 2 are (1,2) (3,4) (5,6)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    calls = {"n": 0}
-
-    def nan_on_4_5_6(logits, y):
-        calls["n"] += 1
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        return loss * float("nan") if calls["n"] in (4, 5, 6) else loss
-
     progress = Progress()
     metrics = fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=1, device=torch.device("cpu"),
                   accumulate_grad_batches=2, on_nonfinite="skip_batch", progress=progress, progress_bar=False,
-                  loss_fn=nan_on_4_5_6)
+                  loss_fn=nan_on_calls(4, 5, 6))
     # group (1,2): a step; group (3,4): batch 4 skipped, batch 3's gradients still step; group (5,6): nothing
     assert metrics["step"] == 2
     assert progress.skipped == 3
