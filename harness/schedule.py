@@ -59,13 +59,11 @@ def write_csv(path: Path, lrs: list[list[float]], unit: str, steps_per_epoch: in
 def _read_csv(path: Path) -> tuple[list[float], dict[str, list[float]]]:
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    epochs = [int(r[next(iter(r))]) / max(1, _steps_per_epoch(rows)) for r in rows]
+    steps_per_epoch = sum(1 for r in rows if r["epoch"] == "0")  # counted once, not per row
+    unit = next(iter(rows[0]))  # "epoch" or "step"
+    epochs = [int(r[unit]) / steps_per_epoch for r in rows]
     curves = {k: [float(r[k]) for r in rows] for k in rows[0] if k.startswith("lr/")}
     return epochs, curves
-
-
-def _steps_per_epoch(rows: list[dict]) -> int:
-    return sum(1 for r in rows if r["epoch"] == "0")
 
 
 def plot(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> Path | None:
