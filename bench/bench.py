@@ -5,13 +5,21 @@ batch size, optimizer, schedule and number of optimizer steps, in a fresh proces
 Reported per contender:
 
 * steps/s   optimizer steps per second from the first step to the end of training, validation after every
-            epoch included for both (and for the harness its checkpoints, TensorBoard writes and final flush);
+            epoch included for all (and for the harness its checkpoints, TensorBoard writes and final flush);
 * start-up  seconds from process start to the end of the first optimizer step;
 * peak RSS  the process's peak resident memory (and peak CUDA memory with --device cuda).
 
 Two models: the default MLP (hidden 256) and a tiny MLP (hidden 16), where per-step overhead shows most.
-The harness runs through `train.py` exactly as a user starts it, with TensorBoard logging and the progress bar
-at their defaults (tqdm draws only on a terminal).
+The harness runs through `train.py` exactly as a user starts it, with TensorBoard logging, checkpoints and the
+progress bar at their defaults; its stderr is made to look like a terminal, so the bar is drawn (into
+/dev/null) as a user would see it. Contenders:
+
+* hand-written loop         the minimal loop: no logging, no checkpoints (the reference for the ratios);
+* hand loop + torch.save    the same plus a nanoGPT-style `torch.save` of model and optimizer every epoch,
+                            the like-for-like reference for the harness's per-epoch `last.pt`;
+* harness                   `python train.py` at its defaults (`last.pt` every epoch, `best.pt` on improvement);
+* harness, ckpt at end      `trainer.checkpoint_every_n_epochs=0` (checkpoints on improvement and at the end);
+* lightning                 Lightning's Trainer at its defaults, with the `bench` extra installed.
 
 Usage: python bench/bench.py [--steps 3000] [--device cpu|cuda] [--repeats 3]
 """
@@ -62,9 +70,23 @@ def _peak(device: str) -> dict:
     return out
 
 
-def worker_plain(hidden: list[int], steps: int, device: str, t0: float) -> dict:
+class _Terminal:
+    """A stderr that says it is a terminal, so progress bars draw (into /dev/null) as they would for a user."""
+
+    def __init__(self) -> None:
+        self._sink = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the worker process)
+
+    def isatty(self) -> bool:
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self._sink, name)
+
+
+def worker_plain(hidden: list[int], steps: int, device: str, t0: float, save_every_epoch: bool = False) -> dict:
     """The minimal loop someone would write by hand for the same job: tensors on the device, a shuffle per
-    epoch, and the validation loss and accuracy after every epoch (the harness reports them too)."""
+    epoch, and the validation loss and accuracy after every epoch (the harness reports them too); with
+    ``save_every_epoch``, also a plain ``torch.save`` of the model and optimizer after every epoch."""
     import torch
     import torch.nn.functional as F
 
@@ -83,7 +105,8 @@ def worker_plain(hidden: list[int], steps: int, device: str, t0: float) -> dict:
     epochs = _epochs(steps, steps_per_epoch)
     scheduler = CosineWarmupScheduler(optimizer, WARMUP, epochs, 1e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
+    tmp = tempfile.TemporaryDirectory()
+    for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(y), generator=g).to(device)
         for i in range(0, len(y), BATCH):
@@ -98,8 +121,12 @@ def worker_plain(hidden: list[int], steps: int, device: str, t0: float) -> dict:
             val_loss = F.cross_entropy(logits, val_y).item()
             val_acc = (logits.argmax(1) == val_y).float().mean().item()
         scheduler.step()
+        if save_every_epoch:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+                       f"{tmp.name}/ckpt.pt")
     final_loss = loss.item()
     end = time.time()
+    tmp.cleanup()
     return {"steps": marks["steps"], "seconds": end - marks["first"], "startup_s": marks["first"] - t0,
             "final_loss": final_loss, "val_loss": val_loss, "val_acc": val_acc, **_peak(device)}
 
@@ -109,6 +136,7 @@ def worker_harness(hidden: list[int], steps: int, device: str, t0: float, *extra
     import runpy
 
     marks = _record_first_step()
+    sys.stderr = _Terminal()
     steps_per_epoch = -(-1438 // BATCH)
     with tempfile.TemporaryDirectory() as tmp:
         sys.argv = [
@@ -171,6 +199,7 @@ def worker_lightning(hidden: list[int], steps: int, device: str, t0: float) -> d
 
 WORKERS = {
     "hand-written loop": worker_plain,
+    "hand loop + torch.save": lambda *a: worker_plain(*a, save_every_epoch=True),
     "harness": worker_harness,
     "harness, ckpt at end": lambda *a: worker_harness(*a, "trainer.checkpoint_every_n_epochs=0"),
     "lightning": worker_lightning,
@@ -207,7 +236,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    contenders = ["hand-written loop", "harness", "harness, ckpt at end"]
+    contenders = ["hand-written loop", "hand loop + torch.save", "harness", "harness, ckpt at end"]
     try:
         import lightning  # noqa: F401
 
@@ -222,7 +251,7 @@ def main() -> None:
           f"device {args.device}, {args.steps} steps, batch {BATCH}, best of {args.repeats}")
     baseline = min(import_torch_seconds() for _ in range(args.repeats))
     print(f"python -c 'import torch': {baseline:.2f} s\n")
-    header = (f"{'model':<26} {'contender':<21} {'steps/s':>9} {'vs hand':>8} {'start-up s':>10} {'+import':>8} "
+    header = (f"{'model':<26} {'contender':<23} {'steps/s':>9} {'vs hand':>8} {'start-up s':>10} {'+import':>8} "
               f"{'peak RSS MB':>11}" + (f" {'CUDA MB':>9}" if args.device == "cuda" else ""))
     print(header)
     print("-" * len(header))
@@ -243,7 +272,7 @@ def main() -> None:
         hand = results["hand-written loop"]["steps_per_s"]
         for contender, r in results.items():
             cuda = f" {r['peak_cuda_mb']:>9.0f}" if "peak_cuda_mb" in r else ""
-            print(f"{model:<26} {contender:<21} {r['steps_per_s']:>9.0f} {r['steps_per_s'] / hand:>8.3f} "
+            print(f"{model:<26} {contender:<23} {r['steps_per_s']:>9.0f} {r['steps_per_s'] / hand:>8.3f} "
                   f"{r['startup_s']:>10.2f} {r['startup_s'] - baseline:>+8.2f} {r['peak_rss_mb']:>11.0f}{cuda}")
 
 

@@ -13,12 +13,14 @@ Layout of a checkpoint (``torch.save`` of a dict; every value is a tensor or pla
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import random
-import tempfile
-from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+import weakref
+from array import array
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,10 @@ __all__ = [
     "REQUIRED_KEYS",
     "Checkpointer",
     "capture_rng",
+    "loader_rng_state",
     "restore_rng",
     "save_atomic",
+    "write_atomic",
     "load_checkpoint",
     "resolve_resume",
     "restore_training_state",
@@ -40,10 +44,6 @@ __all__ = [
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "progress", "rng")
 LAST, BEST = "last.pt", "best.pt"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -55,31 +55,55 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _replace_atomic(directory: Path, name: str, write) -> Path:
-    """Runs ``write(file)`` on a temporary file in ``directory``, fsyncs it, then renames it to ``name``.
-
-    A process killed at any point leaves either the old ``name`` or the new one, never a partial file.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+def _write_synced(path: Path, data: bytes | memoryview) -> None:
+    # plain os calls: each Python-level call a background writer makes is a GIL round trip with training
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies, as to any new file
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / name)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(directory: str | Path, names: Sequence[str], data: bytes | memoryview) -> None:
+    """Writes ``data`` as each of ``names`` in ``directory``, atomically: one temporary file, fsynced,
+    hard-linked to every further name (copied where the file system has no hard links), renamed over
+    each name with ``os.replace``, then the directory fsynced.
+
+    A process killed at any point leaves each name either old or new, never a partial file.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{names[0]}.{os.getpid()}.tmp"
+    extras = [tmp.with_name(f".{name}.{os.getpid()}.tmp") for name in names[1:]]
+    try:
+        _write_synced(tmp, data)
+        for name, extra in zip(names[1:], extras):
+            try:
+                os.link(tmp, extra)
+            except FileExistsError:
+                os.unlink(extra)  # left by a process killed mid-write
+                os.link(tmp, extra)
+            except OSError:
+                _write_synced(extra, data)
+            os.replace(extra, directory / name)
+        os.replace(tmp, directory / names[0])
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for path in (tmp, *extras):
+            path.unlink(missing_ok=True)
         raise
     _fsync_dir(directory)
-    return directory / name
 
 
 def save_atomic(state: Mapping[str, Any], path: str | Path) -> Path:
-    """``torch.save(state)`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    """``torch.save(state)`` to ``path`` atomically (see :func:`write_atomic`)."""
     path = Path(path)
-    return _replace_atomic(path.parent, path.name, lambda f: torch.save(dict(state), f))
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    write_atomic(path.parent, [path.name], buffer.getbuffer())
+    return path
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -132,34 +156,50 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     return path
 
 
+def _bytes(state: torch.Tensor) -> bytes:
+    return state.numpy().tobytes()
+
+
+def _byte_tensor(state: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(state), dtype=torch.uint8)
+
+
 def capture_rng(loader_state: torch.Tensor) -> dict[str, Any]:
-    """Every generator training draws from, as tensors and plain data.
+    """Every generator training draws from, as plain data (bytes, ints, floats).
+
+    Generator states are stored as ``bytes``, not tensors: each tensor costs ``torch.save`` a record of its
+    own (tens of microseconds), and a checkpoint is written every epoch.
 
     Args:
         loader_state: state of the training loader's shuffle generator at the start of the current epoch.
     """
-    np_state = np.random.get_state(legacy=False)
     version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
     return {
-        # 625 ints as one tensor: pickled one by one they cost more than the model's weights here
-        "python": (version, torch.tensor(internal, dtype=torch.int64), gauss),
-        "numpy": {**np_state, "state": {**np_state["state"], "key": torch.from_numpy(np_state["state"]["key"].copy())}},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "loader": loader_state,
+        "python": (version, array("Q", internal).tobytes(), gauss),
+        "numpy": {**np_state, "state": {**np_state["state"], "key": np_state["state"]["key"].tobytes()}},
+        "torch": _bytes(torch.get_rng_state()),
+        "cuda": [_bytes(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_initialized() else [],
+        "loader": _bytes(loader_state),
     }
 
 
+def loader_rng_state(rng: Mapping[str, Any]) -> torch.Tensor:
+    """The training loader's generator state saved by :func:`capture_rng`, for ``Generator.set_state``."""
+    return _byte_tensor(rng["loader"])
+
+
 def restore_rng(rng: Mapping[str, Any]) -> None:
-    """Puts back the global generators saved by :func:`capture_rng` (the loader's is restored by the loop)."""
+    """Puts back the global generators saved by :func:`capture_rng` (the loader's is restored by the loop,
+    with :func:`loader_rng_state`)."""
     version, internal, gauss = rng["python"]
-    random.setstate((version, tuple(internal.tolist()), gauss))
+    random.setstate((version, tuple(array("Q", internal)), gauss))
     np_state = dict(rng["numpy"])
-    np_state["state"] = {**np_state["state"], "key": np_state["state"]["key"].numpy()}
+    np_state["state"] = {**np_state["state"], "key": np.frombuffer(np_state["state"]["key"], dtype=np.uint32)}
     np.random.set_state(np_state)
-    torch.set_rng_state(rng["torch"])
+    torch.set_rng_state(_byte_tensor(rng["torch"]))
     if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"][: torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all([_byte_tensor(s) for s in rng["cuda"][: torch.cuda.device_count()]])
 
 
 # What a scheduler's state holds about progress; everything else in it is a setting, which on resume
@@ -207,15 +247,25 @@ def restore_training_state(checkpoint: Mapping[str, Any], model, optimizer, sche
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # checkpointers with a writer thread, flushed at exit
+
+
+@atexit.register
+def _flush_open_checkpointers() -> None:
+    for checkpointer in list(_OPEN):
+        checkpointer.close()
+
+
 class Checkpointer:
     """Writes ``last.pt`` after every epoch (and on a requested stop) and ``best.pt`` when the monitored
     metric improves, into ``directory``.
 
     ``save`` serialises the state at once (so training can go on changing it) and hands the file writes
     (temporary file, fsync, rename) to a background thread, where they wait on the disk without holding
-    up training (they release the GIL; serialising would not). At most one write is in flight; ``wait``
-    (or leaving the ``with`` block) blocks until it is on disk and re-raises a
-    failed write.
+    up training (they release the GIL; serialising would not). Saving never waits for an earlier write:
+    when the disk is slower than the epochs, a file still waiting to be written is replaced by the newer
+    state for it, so the newest state always goes to disk next. ``wait`` (or ``close``, or leaving the
+    ``with`` block) blocks until everything saved is on disk and re-raises a failed write.
 
     Args:
         directory: where checkpoints go, ``<run dir>/checkpoints``.
@@ -241,8 +291,12 @@ class Checkpointer:
         self.best = {"monitor": monitor, "mode": mode, "value": None, "epoch": 0}
         if best and best.get("monitor") == monitor and best.get("mode") == mode:
             self.best.update(value=best["value"], epoch=best["epoch"])
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._pending: Future | None = None
+        self._changed = threading.Condition()
+        self._queued: dict[str, memoryview] = {}  # file name -> newest payload not yet written
+        self._writing = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     @property
     def last_path(self) -> Path:
@@ -258,6 +312,7 @@ class Checkpointer:
 
         Raises:
             KeyError: ``metrics`` lacks the monitored metric.
+            OSError: an earlier write failed (e.g. the disk is full).
         """
         improved = False
         if metrics is not None:
@@ -266,27 +321,63 @@ class Checkpointer:
                 self.best.update(value=metrics[self.monitor], epoch=int(metrics["epoch"]))
         buffer = io.BytesIO()
         torch.save({**state, "best": dict(self.best), **self.extra}, buffer)
-        self.wait()
-        self._pending = self._writer.submit(self._write, buffer.getbuffer(), improved)
+        payload = buffer.getbuffer()
+        with self._changed:
+            self._raise_failed_write()
+            if self._closed:
+                raise RuntimeError("this Checkpointer is closed")
+            self._queued[LAST] = payload
+            if improved:
+                self._queued[BEST] = payload
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._write_queued, name="checkpoint-writer", daemon=True)
+                self._thread.start()
+                _OPEN.add(self)
+            self._changed.notify_all()
         return self.last_path
 
-    def _write(self, payload: memoryview, improved: bool) -> None:
-        _replace_atomic(self.directory, LAST, lambda f: f.write(payload))
-        if improved:
-            _replace_atomic(self.directory, BEST, lambda f: f.write(payload))
+    def _write_queued(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queued and not self._closed:
+                    self._changed.wait()
+                if not self._queued:
+                    return  # closed, and everything is written
+                files, self._queued, self._writing = self._queued, {}, True
+            try:
+                for payload in {id(payload): payload for payload in files.values()}.values():
+                    write_atomic(self.directory, [name for name in files if files[name] is payload], payload)
+            except BaseException as e:  # handed to the training thread by the next save or wait
+                with self._changed:
+                    self._error = self._error or e
+            finally:
+                with self._changed:
+                    self._writing = False
+                    self._changed.notify_all()
+
+    def _raise_failed_write(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def wait(self) -> None:
-        """Blocks until the last ``save`` is on disk; re-raises its error if the write failed."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        """Blocks until everything saved so far is on disk; re-raises the error of a failed write."""
+        with self._changed:
+            while self._queued or self._writing:
+                self._changed.wait()
+            self._raise_failed_write()
 
     def close(self) -> None:
-        """Waits for the last write, then stops the writer thread."""
+        """Waits for the pending writes, then stops the writer thread."""
         try:
             self.wait()
         finally:
-            self._writer.shutdown(wait=True)
+            with self._changed:
+                self._closed = True
+                self._changed.notify_all()
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join()
+            _OPEN.discard(self)
 
     def __enter__(self) -> Checkpointer:
         return self

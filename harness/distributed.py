@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "world", "setup", "teardown", "all_reduce_sum", "any_rank", "broadcast_object"]
+__all__ = ["World", "world", "setup", "teardown", "is_distributed", "all_reduce_sum", "any_rank", "broadcast_object"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,11 @@ def teardown() -> None:
     """Leaves the process group, if this process joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several in a process group (launched by torchrun)."""
+    return dist.is_initialized()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol
 
@@ -19,8 +19,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from harness.checkpoint import Checkpointer, capture_rng, restore_rng
-from harness.distributed import all_reduce_sum, any_rank
+from harness.checkpoint import Checkpointer, capture_rng, loader_rng_state, restore_rng
+from harness.distributed import all_reduce_sum, any_rank, is_distributed
 from harness.errors import Interrupted, TrainingError
 from harness.signals import StopOnSignal
 
@@ -32,13 +32,14 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
+_NO_AUTOCAST = nullcontext()  # reusable, unlike torch.autocast
 
 
 def autocast(device: torch.device, precision: str):
     """The autocast context for ``precision``: ``32`` (none), ``bf16`` or ``16-mixed`` (fp16)."""
     dtype = AUTOCAST_DTYPES[precision]
-    # nullcontext for fp32: building a disabled torch.autocast costs more than a tiny model's step
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    # no torch.autocast for fp32: building a disabled one costs more than a tiny model's step
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else _NO_AUTOCAST
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -159,7 +160,9 @@ def fit(
     for the logged step. Losses stay on the device between logging points: ``.item()`` (a host-device
     sync) happens only there and at the end of each epoch, except with ``on_nonfinite="skip_batch"`` or
     fp16 (``16-mixed``), which must look at every step. In a distributed run (torchrun) the logged losses
-    and metrics are over all processes, and only the process given a ``logger``/``checkpointer`` writes.
+    and metrics are over all processes, and only the process given a ``logger``/``checkpointer`` writes;
+    the processes agree on a requested stop at the next logging point (or the epoch's end), where they
+    sync anyway, so the stop is a collective that costs no extra sync per step.
 
     Args:
         model: the model, already on ``device`` (possibly wrapped in DDP or ``torch.compile``).
@@ -208,6 +211,7 @@ def fit(
     generator = train_loader.generator if train_loader.generator is not None else torch.Generator()
     sampler = getattr(train_loader, "sampler", None)
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
+    use_scaler, skip_nonfinite, distributed = scaler.is_enabled(), on_nonfinite == "skip_batch", is_distributed()
     last_good = "no checkpoint yet" if checkpointer is None or not checkpointer.last_path.exists() else (
         f"last good checkpoint: {checkpointer.last_path}"
     )
@@ -226,39 +230,60 @@ def fit(
             "model": plain.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "progress": asdict(p),
+            "scaler": scaler.state_dict() if use_scaler else {},
+            "progress": dict(vars(p)),
             "rng": capture_rng(epoch_start_rng),
         }
 
     metrics: dict[str, float] = {}
     lrs = [group["lr"] for group in optimizer.param_groups]
+    # batches of an on-device loader are already where they go: skip two no-op copies a step
+    batches_on_device = getattr(train_loader, "device", None) == device
+    # one bar, restarted every epoch; tqdm turns itself off where stderr is not a terminal
+    bar = tqdm(total=len(train_loader), leave=False, disable=None if progress_bar else True, dynamic_ncols=True)
     for epoch in range(p.epoch, max_epochs):
         started = time.perf_counter()
         model.train()
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
         if rng is not None:
-            generator.set_state(rng["loader"])
+            generator.set_state(loader_rng_state(rng))
         epoch_start_rng = generator.get_state()
+        n_batches = len(train_loader)
         batches: Iterator = iter(train_loader)
         if p.batch:
             batches = islice(batches, p.batch, None)  # a mid-epoch resume: the same shuffle, minus what's done
         if rng is not None:
             restore_rng(rng)  # after the skipped batches were drawn, exactly where the checkpoint stood
             rng = None
-        # [epoch, window] sums of loss * batch size, in float64 on the device: one op a step, no sync
+        # [epoch, window] sums of loss * batch size, in float64 on the device. A step only appends its loss
+        # to `losses` (no op, no sync); they are added up at logging points and at the epoch's end.
         sums = torch.tensor([p.epoch_loss, p.window_loss], dtype=torch.float64, device=device)
+        losses: list[torch.Tensor] = []
+        sizes: list[int] = []
+
+        def add_up_losses() -> None:
+            if losses:
+                weights = torch.tensor(sizes, dtype=torch.float64, device=device)
+                sums.add_(torch.dot(torch.stack(losses).double(), weights))
+                losses.clear()
+                sizes.clear()
+
         consecutive_nonfinite = 0
         accumulated = False  # gradients waiting for an optimizer step
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{max_epochs}", total=len(train_loader), initial=p.batch,
-                   leave=False, disable=None if progress_bar else True)
-        for x, y in bar:
+        if not bar.disable:  # restarted by hand: reset() would redraw, which costs more than a tiny epoch
+            bar.set_description(f"epoch {epoch + 1}/{max_epochs}", refresh=False)
+            bar.total, bar.n, bar.last_print_n = n_batches, p.batch, p.batch
+            bar.start_t = bar.last_print_t = time.time()
+        for x, y in batches:
             p.batch += 1
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if not bar.disable:
+                bar.update()
+            if not batches_on_device:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):
                 loss = loss_fn(model(x), y)
-            if on_nonfinite == "skip_batch" and not torch.isfinite(loss).item():
+            if skip_nonfinite and not torch.isfinite(loss).item():
                 p.skipped += 1
                 consecutive_nonfinite += 1
                 log.warning("non-finite loss at epoch %d, batch %d: batch skipped (%d so far)",
@@ -267,44 +292,62 @@ def fit(
                     check_finite(loss.item(), f"the loss of {consecutive_nonfinite} batches in a row")
             else:
                 consecutive_nonfinite = 0
-                group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
-                group_size = min(accumulate_grad_batches, len(train_loader) - group_start)  # the last may be short
-                scaler.scale(loss / group_size if group_size > 1 else loss).backward()
+                scaled = loss
+                if accumulate_grad_batches > 1:
+                    group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
+                    group_size = min(accumulate_grad_batches, n_batches - group_start)  # the last may be short
+                    scaled = loss / group_size
+                (scaler.scale(scaled) if use_scaler else scaled).backward()
                 accumulated = True
-                sums.add_(loss.detach(), alpha=len(y))
-                p.epoch_samples += len(y)
-                p.window_samples += len(y)
-            if p.batch % accumulate_grad_batches and p.batch < len(train_loader):
+                n = len(y)
+                losses.append(loss.detach())
+                sizes.append(n)
+                p.epoch_samples += n
+                p.window_samples += n
+            if p.batch % accumulate_grad_batches and p.batch < n_batches:
                 continue  # gradients add up until the group of batches is complete
             if not accumulated:
                 continue  # every batch of the group was skipped: nothing to step
             accumulated = False
 
             if grad_clip > 0:
-                scaler.unscale_(optimizer)
+                if use_scaler:
+                    scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             lrs = [group["lr"] for group in optimizer.param_groups]
-            scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if scaler.is_enabled() and scaler.get_scale() < scale:
-                continue  # inf/NaN gradients: the scaler skipped this optimizer step, so the schedule waits
+            if use_scaler:
+                scale = scaler.get_scale()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if scaler.get_scale() < scale:
+                    continue  # inf/NaN gradients: the scaler skipped this optimizer step, so the schedule waits
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             if interval == "step":
                 scheduler.step()
             p.step += 1
-            if p.step % log_every_n_steps == 0:
+            logging_point = p.step % log_every_n_steps == 0
+            if logging_point:
                 # host-device sync: logging points only; the mean over every process's batches
+                add_up_losses()
                 window = torch.stack([sums[1], torch.tensor(float(p.window_samples), device=device)])
                 window_sum, window_samples = all_reduce_sum(window).tolist()
                 train_loss = window_sum / window_samples
                 check_finite(train_loss, "the training loss")
                 if logger is not None:
                     logger.log({"train/loss": train_loss, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)}}, p.step)
-                bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
                 sums[1] = 0.0
                 p.window_samples = 0
-            if stop is not None and any_rank(stop.requested, device):
+            # Ranks agree on a stop with a collective, so in a distributed run they ask only at logging
+            # points and at the epoch's end, where the loss is synced anyway.
+            if stop is not None and (not distributed or logging_point or p.batch == n_batches) and any_rank(
+                stop.requested, device
+            ):
+                add_up_losses()
                 p.epoch_loss, p.window_loss = sums.tolist()
                 check_finite(p.epoch_loss, "the epoch's training loss")  # never save a diverged model
                 saved = "nothing on this rank"
@@ -316,8 +359,8 @@ def fit(
                     f"step {p.step}; saved {saved}",
                     stop.received or 15,
                 )
-        bar.close()
 
+        add_up_losses()
         epoch_sum, p.window_loss = sums.tolist()
         samples = torch.tensor([epoch_sum, float(p.epoch_samples)], dtype=torch.float64, device=device)
         loss_sum, samples = all_reduce_sum(samples).tolist()
@@ -344,9 +387,12 @@ def fit(
             epoch_start_rng = generator.get_state()  # the next epoch starts from here
             checkpointer.save({**state(), "metrics": metrics}, metrics)
             last_good = f"last good checkpoint: {checkpointer.last_path} (epoch {epoch + 1})"
+        if not bar.disable and bar.last_print_t > bar.start_t:
+            bar.clear()  # drawn this epoch: clear the line for the epoch's log line
         log.info(
             "epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g  (%.1fs)",
             epoch + 1, max_epochs, train_loss, val["val/loss"], val["val/acc"], lrs[0],
             time.perf_counter() - started,
         )
+    bar.close()
     return metrics

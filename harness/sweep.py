@@ -10,7 +10,6 @@ import csv
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from harness.checkpoint import write_atomic
 from harness.config import better_direction
 
 __all__ = ["write_result", "read_jobs", "summarize", "SweepSummary", "RESULT"]
@@ -35,7 +35,12 @@ def write_result(run_dir: str | Path, status: str, overrides: list[str], elapsed
     run reports its whole wall time.
     """
     path = Path(run_dir) / RESULT
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: this invocation's record stands alone
+        previous = {}
+    if not isinstance(previous, dict):
+        previous = {}
     record = {
         "status": status,
         "overrides": overrides,
@@ -43,9 +48,7 @@ def write_result(run_dir: str | Path, status: str, overrides: list[str], elapsed
         "metrics": metrics or previous.get("metrics", {}),
         "error": error,
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path.parent, [path.name], json.dumps(record, indent=2).encode())
     return path
 
 

@@ -16,7 +16,7 @@ def test_bench_script_runs(tmp_path):
     rows = [line for line in result.stdout.splitlines() if "MLP" in line]
     import importlib.util
 
-    contenders = 3 + (importlib.util.find_spec("lightning") is not None)  # hand, harness x2 (+ Lightning)
+    contenders = 4 + (importlib.util.find_spec("lightning") is not None)  # hand x2, harness x2 (+ Lightning)
     assert len(rows) == 2 * contenders
     for row in rows:
         steps_per_s = float(row.split()[-5])

@@ -3,6 +3,7 @@
 import os
 import random
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from harness.checkpoint import (
     resolve_resume,
     restore_rng,
     save_atomic,
+    write_atomic,
 )
 from harness.errors import CheckpointError
 from harness.signals import StopOnSignal
@@ -49,21 +51,59 @@ def test_rng_round_trip_through_a_file(tmp_path):
     assert np.random.randn() == expected[3]
 
 
-def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dies_in", ["write", "replace"])
+def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch, dies_in):
     path = save_atomic(minimal_state(1.0), tmp_path / "last.pt")
-    real_save = torch.save
+    real_write = os.write
 
-    def dies_halfway(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        f.truncate(100)  # a partial file on disk...
-        raise KeyboardInterrupt  # ...and the process stops before the rename
+    def write_half_then_die(fd, data):
+        real_write(fd, data[: len(data) // 2])  # a partial file on disk...
+        raise KeyboardInterrupt  # ...and the process stops
 
-    monkeypatch.setattr(torch, "save", dies_halfway)
+    def die(*args):
+        raise KeyboardInterrupt  # written and synced, stopped before the rename
+
+    monkeypatch.setattr(os, dies_in, write_half_then_die if dies_in == "write" else die)
     with pytest.raises(KeyboardInterrupt):
         save_atomic(minimal_state(2.0), path)
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"], "no temporary file left behind"
+
+
+def test_one_payload_under_two_names_survives_a_file_system_without_hard_links(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_atomic(tmp_path, ["last.pt", "best.pt"], b"payload")
+    assert (tmp_path / "last.pt").read_bytes() == (tmp_path / "best.pt").read_bytes() == b"payload"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_saving_never_waits_for_a_slow_disk_and_the_newest_state_wins(tmp_path, monkeypatch):
+    import harness.checkpoint as checkpoint_module
+
+    disk_busy, disk_free, writes = threading.Event(), threading.Event(), []
+    real_write_atomic = checkpoint_module.write_atomic
+
+    def slow_write_atomic(directory, names, data):
+        disk_busy.set()
+        assert disk_free.wait(10)
+        writes.append(sorted(names))
+        real_write_atomic(directory, names, data)
+
+    monkeypatch.setattr(checkpoint_module, "write_atomic", slow_write_atomic)
+    with Checkpointer(tmp_path) as ckpt:
+        for epoch, acc in enumerate([0.5, 0.7, 0.6], 1):  # epochs 1 and 2 improve, 3 does not
+            ckpt.save(minimal_state(epoch), {"val/acc": acc, "epoch": epoch})  # returns at once
+            assert disk_busy.wait(10)  # epoch 1 is being written from here on
+        assert writes == []
+        disk_free.set()
+    # epoch 1 was already being written; epoch 2's last.pt was replaced by epoch 3's before it reached disk
+    assert writes == [["best.pt", "last.pt"], ["last.pt"], ["best.pt"]]
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.full((3,), 3.0))
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 2.0))
 
 
 @pytest.mark.parametrize(

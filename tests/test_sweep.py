@@ -54,7 +54,7 @@ def test_hparams_are_readable_from_the_event_files(tmp_path):
     assert hparams["model._target_"] == "harness.models.SmallCNN"
     assert hparams["model.channels"] == "[4, 8]"
     assert hparams["scheduler.warmup_epochs"] == 3
-    assert hparams["trainer.progress_bar"] == 0  # torch writes bools as numbers
+    assert hparams["trainer.progress_bar"] is False
 
 
 def fake_job(sweep_dir: Path, name: str, status: str, value=None, overrides=()):
