@@ -67,12 +67,15 @@ def _write_synced(path: Path, data: bytes | memoryview) -> None:
         os.close(fd)
 
 
-def write_atomic(directory: str | Path, names: Sequence[str], data: bytes | memoryview) -> None:
+def write_atomic(directory: str | Path, names: Sequence[str], data: bytes | memoryview, *, sync_directory: bool = True
+                 ) -> None:
     """Writes ``data`` as each of ``names`` in ``directory``, atomically: one temporary file, fsynced,
     hard-linked to every further name (copied where the file system has no hard links), renamed over
-    each name with ``os.replace``, then the directory fsynced.
+    each name with ``os.replace``, then (with ``sync_directory``) the directory fsynced.
 
-    A process killed at any point leaves each name either old or new, never a partial file.
+    A process killed at any point leaves each name either old or new, never a partial file. Without
+    ``sync_directory`` the same holds after a power cut, but the renames may not have reached the disk
+    yet, so a name can come back old; fsync the directory later to make them durable.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,8 @@ def write_atomic(directory: str | Path, names: Sequence[str], data: bytes | memo
         for path in (tmp, *extras):
             path.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    if sync_directory:
+        _fsync_dir(directory)
 
 
 def save_atomic(state: Mapping[str, Any], path: str | Path) -> Path:
@@ -261,11 +265,13 @@ class Checkpointer:
     metric improves, into ``directory``.
 
     ``save`` serialises the state at once (so training can go on changing it) and hands the file writes
-    (temporary file, fsync, rename) to a background thread, where they wait on the disk without holding
-    up training (they release the GIL; serialising would not). Saving never waits for an earlier write:
-    when the disk is slower than the epochs, a file still waiting to be written is replaced by the newer
-    state for it, so the newest state always goes to disk next. ``wait`` (or ``close``, or leaving the
-    ``with`` block) blocks until everything saved is on disk and re-raises a failed write.
+    (temporary file, fsync, rename: see :func:`write_atomic`) to a background thread, where they wait on
+    the disk without holding up training (they release the GIL; serialising would not). Saving never
+    waits for an earlier write: when the disk is slower than the epochs, a file still waiting to be
+    written is replaced by the newer state for it, so the newest state always goes to disk next.
+    ``wait`` (or ``close``, or leaving the ``with`` block) blocks until everything saved is on disk,
+    renames included (the directory is fsynced there, once, rather than after every epoch's rename), and
+    re-raises a failed write.
 
     Args:
         directory: where checkpoints go, ``<run dir>/checkpoints``.
@@ -294,6 +300,7 @@ class Checkpointer:
         self._changed = threading.Condition()
         self._queued: dict[str, memoryview] = {}  # file name -> newest payload not yet written
         self._writing = False
+        self._renamed = False  # renames since the directory was last fsynced
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -346,7 +353,9 @@ class Checkpointer:
                 files, self._queued, self._writing = self._queued, {}, True
             try:
                 for payload in {id(payload): payload for payload in files.values()}.values():
-                    write_atomic(self.directory, [name for name in files if files[name] is payload], payload)
+                    names = [name for name in files if files[name] is payload]
+                    write_atomic(self.directory, names, payload, sync_directory=False)
+                    self._renamed = True
             except BaseException as e:  # handed to the training thread by the next save or wait
                 with self._changed:
                     self._error = self._error or e
@@ -365,6 +374,9 @@ class Checkpointer:
         with self._changed:
             while self._queued or self._writing:
                 self._changed.wait()
+            if self._renamed:
+                self._renamed = False
+                _fsync_dir(self.directory)
             self._raise_failed_write()
 
     def close(self) -> None:

@@ -302,6 +302,8 @@ def fit(
                 n = len(y)
                 losses.append(loss.detach())
                 sizes.append(n)
+                if len(losses) == 1024:
+                    add_up_losses()  # bounded memory however far apart the logging points are
                 p.epoch_samples += n
                 p.window_samples += n
             if p.batch % accumulate_grad_batches and p.batch < n_batches:

@@ -87,13 +87,15 @@ def test_saving_never_waits_for_a_slow_disk_and_the_newest_state_wins(tmp_path, 
     disk_busy, disk_free, writes = threading.Event(), threading.Event(), []
     real_write_atomic = checkpoint_module.write_atomic
 
-    def slow_write_atomic(directory, names, data):
+    def slow_write_atomic(directory, names, data, **kwargs):
         disk_busy.set()
         assert disk_free.wait(10)
         writes.append(sorted(names))
-        real_write_atomic(directory, names, data)
+        real_write_atomic(directory, names, data, **kwargs)
 
+    directory_syncs = []
     monkeypatch.setattr(checkpoint_module, "write_atomic", slow_write_atomic)
+    monkeypatch.setattr(checkpoint_module, "_fsync_dir", directory_syncs.append)
     with Checkpointer(tmp_path) as ckpt:
         for epoch, acc in enumerate([0.5, 0.7, 0.6], 1):  # epochs 1 and 2 improve, 3 does not
             ckpt.save(minimal_state(epoch), {"val/acc": acc, "epoch": epoch})  # returns at once
@@ -102,6 +104,7 @@ def test_saving_never_waits_for_a_slow_disk_and_the_newest_state_wins(tmp_path, 
         disk_free.set()
     # epoch 1 was already being written; epoch 2's last.pt was replaced by epoch 3's before it reached disk
     assert writes == [["best.pt", "last.pt"], ["last.pt"], ["best.pt"]]
+    assert directory_syncs == [tmp_path], "the renames are made durable once, when the writes are waited for"
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.full((3,), 3.0))
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 2.0))
 

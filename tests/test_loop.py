@@ -89,6 +89,21 @@ def test_train_loss_is_the_mean_since_the_last_point():
     assert series == pytest.approx([sum(batches[:3]) / 3, sum(batches[3:]) / 3], rel=1e-5)
 
 
+def test_epoch_loss_is_the_sample_weighted_mean_over_many_batches_between_logging_points():
+    # 2500 batches with no logging point in between: the losses are added up along the way, in bounded memory
+    n, batch_size = 2500 * 4 - 1, 4  # the last batch is short, so the mean must weight by batch size
+    model, _, _ = toy_problem()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 1, 2, 2, generator=g)
+    y = (x.flatten(1).sum(1) > 0).long()
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-30)  # nothing changes: the mean is the fixed model's
+    metrics = fit(model, opt, ConstantScheduler(opt), loader, loader, max_epochs=1, device=torch.device("cpu"),
+                  log_every_n_steps=10**6, progress_bar=False)
+    expected = torch.nn.functional.cross_entropy(model(x), y, reduction="sum").double().item() / n
+    assert metrics["train/loss"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_same_seed_same_numbers():
     a, la = train(epochs=4)
     b, lb = train(epochs=4)
