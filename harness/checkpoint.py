@@ -44,6 +44,8 @@ __all__ = [
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "progress", "rng")
 LAST, BEST = "last.pt", "best.pt"
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -67,8 +69,9 @@ def _write_synced(path: Path, data: bytes | memoryview) -> None:
         os.close(fd)
 
 
-def write_atomic(directory: str | Path, names: Sequence[str], data: bytes | memoryview, *, sync_directory: bool = True
-                 ) -> None:
+def write_atomic(
+    directory: str | Path, names: Sequence[str], data: bytes | memoryview, *, sync_directory: bool = True
+) -> None:
     """Writes ``data`` as each of ``names`` in ``directory``, atomically: one temporary file, fsynced,
     hard-linked to every further name (copied where the file system has no hard links), renamed over
     each name with ``os.replace``, then (with ``sync_directory``) the directory fsynced.
@@ -271,7 +274,8 @@ class Checkpointer:
     written is replaced by the newer state for it, so the newest state always goes to disk next.
     ``wait`` (or ``close``, or leaving the ``with`` block) blocks until everything saved is on disk,
     renames included (the directory is fsynced there, once, rather than after every epoch's rename), and
-    re-raises a failed write.
+    re-raises a failed write. Temporary files that a process killed mid-write left in ``directory`` are
+    removed when a ``Checkpointer`` is made for it (on resume).
 
     Args:
         directory: where checkpoints go, ``<run dir>/checkpoints``.
@@ -304,6 +308,8 @@ class Checkpointer:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        for stale in self.directory.glob(".*.tmp"):  # a process killed mid-write left it; it is never read
+            stale.unlink(missing_ok=True)
 
     @property
     def last_path(self) -> Path:

@@ -71,6 +71,13 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"], "no temporary file left behind"
 
 
+def test_temporary_files_of_a_killed_writer_are_cleared_on_resume(tmp_path):
+    save_atomic(minimal_state(1.0), tmp_path / "last.pt")
+    (tmp_path / ".last.pt.4242.tmp").write_bytes(b"half a checkpoint")
+    Checkpointer(tmp_path).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
 def test_one_payload_under_two_names_survives_a_file_system_without_hard_links(tmp_path, monkeypatch):
     def no_links(*args):
         raise PermissionError("hard links not supported")
