@@ -237,6 +237,7 @@ def fit(
 
     metrics: dict[str, float] = {}
     lrs = [group["lr"] for group in optimizer.param_groups]
+    amp = autocast(device, precision)  # entered once a step; it saves and restores the state each time
     # batches of an on-device loader are already where they go: skip two no-op copies a step
     batches_on_device = getattr(train_loader, "device", None) == device
     # one bar, restarted every epoch; tqdm turns itself off where stderr is not a terminal
@@ -281,7 +282,7 @@ def fit(
                 bar.update()
             if not batches_on_device:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(device, precision):
+            with amp:
                 loss = loss_fn(model(x), y)
             if skip_nonfinite and not torch.isfinite(loss).item():
                 p.skipped += 1
@@ -346,8 +347,9 @@ def fit(
                 p.window_samples = 0
             # Ranks agree on a stop with a collective, so in a distributed run they ask only at logging
             # points and at the epoch's end, where the loss is synced anyway.
-            if stop is not None and (not distributed or logging_point or p.batch == n_batches) and any_rank(
-                stop.requested, device
+            if stop is not None and (
+                stop.requested if not distributed
+                else (logging_point or p.batch == n_batches) and any_rank(stop.requested, device)
             ):
                 add_up_losses()
                 p.epoch_loss, p.window_loss = sums.tolist()
