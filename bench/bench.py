@@ -5,7 +5,11 @@ batch size, optimizer, schedule and number of optimizer steps, in a fresh proces
 Reported per contender:
 
 * steps/s   optimizer steps per second from the first step to the end of training, validation after every
-            epoch included for all (and for the harness its checkpoints, TensorBoard writes and final flush);
+            epoch included for all (and for the harness its checkpoints, TensorBoard writes and final flush),
+            the best of the rounds;
+* vs hand   the contender's steps/s over the hand-written loop's in the same round (they run one after the
+            other), the median over the rounds: a slow spell of the machine hits both sides of a pair, and
+            the median drops the rounds it split;
 * start-up  seconds from process start to the end of the first optimizer step;
 * peak RSS  the process's peak resident memory (and peak CUDA memory with --device cuda).
 
@@ -21,7 +25,7 @@ progress bar at their defaults; its stderr is made to look like a terminal, so t
 * harness, ckpt at end      `trainer.checkpoint_every_n_epochs=0` (checkpoints on improvement and at the end);
 * lightning                 Lightning's Trainer at its defaults, with the `bench` extra installed.
 
-Usage: python bench/bench.py [--steps 3000] [--device cpu|cuda] [--repeats 3]
+Usage: python bench/bench.py [--steps 3000] [--device cpu|cuda] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -226,7 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per contender (rounded up to epochs)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per contender; the best is reported")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds: runs per contender, interleaved")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,7 +253,7 @@ def main() -> None:
     import torch
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"device {args.device}, {args.steps} steps, batch {BATCH}, best of {args.repeats}")
+          f"device {args.device}, {args.steps} steps, batch {BATCH}, {args.repeats} rounds")
     baseline = min(import_torch_seconds() for _ in range(args.repeats))
     print(f"python -c 'import torch': {baseline:.2f} s\n")
     header = (f"{'model':<26} {'contender':<23} {'steps/s':>9} {'vs hand':>8} {'start-up s':>10} {'+import':>8} "
@@ -260,19 +265,20 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits all alike
             for contender in contenders:
                 runs[contender].append(spawn(contender, model, args.steps, args.device))
+        hand_runs = [r["steps"] / r["seconds"] for r in runs["hand-written loop"]]
         results = {
             c: {
                 "steps_per_s": max(r["steps"] / r["seconds"] for r in rs),
+                "vs_hand": statistics.median(r["steps"] / r["seconds"] / h for r, h in zip(rs, hand_runs)),
                 "startup_s": min(r["startup_s"] for r in rs),
                 "peak_rss_mb": min(r["peak_rss_mb"] for r in rs),
                 **({"peak_cuda_mb": min(r["peak_cuda_mb"] for r in rs)} if args.device == "cuda" else {}),
             }
             for c, rs in runs.items()
         }
-        hand = results["hand-written loop"]["steps_per_s"]
         for contender, r in results.items():
             cuda = f" {r['peak_cuda_mb']:>9.0f}" if "peak_cuda_mb" in r else ""
-            print(f"{model:<26} {contender:<23} {r['steps_per_s']:>9.0f} {r['steps_per_s'] / hand:>8.3f} "
+            print(f"{model:<26} {contender:<23} {r['steps_per_s']:>9.0f} {r['vs_hand']:>8.3f} "
                   f"{r['startup_s']:>10.2f} {r['startup_s'] - baseline:>+8.2f} {r['peak_rss_mb']:>11.0f}{cuda}")
 
 

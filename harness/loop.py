@@ -100,9 +100,10 @@ def evaluate(
         with autocast(device, precision):
             logits = model(x)
             loss = loss_fn(logits, y)
-        totals[0] += loss.double() * len(y)
+        n = y.shape[0]  # not len(y): Tensor.__len__ is Python, shape is not
+        totals[0] += loss.double() * n
         totals[1] += (logits.argmax(dim=1) == y).sum()
-        totals[2] += len(y)
+        totals[2] += n
     loss_sum, correct, seen = all_reduce_sum(totals).tolist()
     if seen == 0:
         raise ValueError("the validation loader is empty")
@@ -300,7 +301,7 @@ def fit(
                     scaled = loss / group_size
                 (scaler.scale(scaled) if use_scaler else scaled).backward()
                 accumulated = True
-                n = len(y)
+                n = y.shape[0]  # not len(y): Tensor.__len__ runs Python code
                 losses.append(loss.detach())
                 sizes.append(n)
                 if len(losses) == 1024:
