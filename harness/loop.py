@@ -143,7 +143,7 @@ def fit(
         for epoch in range(progress.epoch, max_epochs):
             for x, y in train_loader (skipping the batches a mid-epoch checkpoint already trained):
                 loss = loss_fn(model(x), y)                 # under autocast for bf16 / 16-mixed
-                non-finite loss: stop, or skip the batch (on_nonfinite)
+                non-finite loss: stop, or skip the batch (on_nonfinite; its group then averages the rest)
                 (loss / accumulate_grad_batches).backward()  # scaled by the GradScaler for 16-mixed
                 every accumulate_grad_batches batches (and at the epoch's end):
                     clip grad norm to grad_clip (if > 0)
@@ -273,6 +273,7 @@ def fit(
 
         consecutive_nonfinite = 0
         accumulated = False  # gradients waiting for an optimizer step
+        skipped_in_group = 0  # batches of the current accumulation group skipped for a non-finite loss
         if not bar.disable:  # restarted by hand: reset() would redraw, which costs more than a tiny epoch
             bar.set_description(f"epoch {epoch + 1}/{max_epochs}", refresh=False)
             bar.total, bar.n, bar.last_print_n = n_batches, p.batch, p.batch
@@ -287,6 +288,7 @@ def fit(
                 loss = loss_fn(model(x), y)
             if skip_nonfinite and not torch.isfinite(loss).item():
                 p.skipped += 1
+                skipped_in_group += 1
                 consecutive_nonfinite += 1
                 log.warning("non-finite loss at epoch %d, batch %d: batch skipped (%d so far)",
                             epoch + 1, p.batch, p.skipped)
@@ -310,9 +312,15 @@ def fit(
                 p.window_samples += n
             if p.batch % accumulate_grad_batches and p.batch < n_batches:
                 continue  # gradients add up until the group of batches is complete
+            group_skipped, skipped_in_group = skipped_in_group, 0
             if not accumulated:
                 continue  # every batch of the group was skipped: nothing to step
             accumulated = False
+            if group_skipped:  # the mean over the group's batches that trained, not over all of them
+                group_batches = p.batch - (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
+                for param in model.parameters():
+                    if param.grad is not None:
+                        param.grad.mul_(group_batches / (group_batches - group_skipped))
 
             if grad_clip > 0:
                 if use_scaler:

@@ -294,3 +294,22 @@ def test_skip_batch_with_accumulation_steps_every_group_that_has_gradients():
     # group (1,2): a step; group (3,4): batch 4 skipped, batch 3's gradients still step; group (5,6): nothing
     assert metrics["step"] == 2
     assert progress.skipped == 3
+
+
+def test_a_skipped_batch_leaves_its_group_the_mean_of_the_batches_that_trained():
+    model, loader, val = toy_problem()  # 6 batches: groups of 2 are (1,2) (3,4) (5,6); batch 4 turns NaN
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=1, device=torch.device("cpu"),
+        accumulate_grad_batches=2, on_nonfinite="skip_batch", progress_bar=False, loss_fn=nan_on_calls(4))
+
+    reference, same_batches, _ = toy_problem()  # same seed: the same weights and the same shuffle
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    batches = list(same_batches)
+    for group in [(0, 1), (2,), (4, 5)]:  # batch 4 (index 3) dropped: group two is batch 3 alone
+        ref_opt.zero_grad()
+        for i in group:
+            x, y = batches[i]
+            (torch.nn.functional.cross_entropy(reference(x), y) / len(group)).backward()
+        ref_opt.step()
+    for trained, expected in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(trained, expected, rtol=1e-6, atol=1e-7)
