@@ -286,6 +286,10 @@ def fit(
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with amp:
                 loss = loss_fn(model(x), y)
+            group_size = 1  # batches in this batch's accumulation group
+            if accumulate_grad_batches > 1:
+                group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
+                group_size = min(accumulate_grad_batches, n_batches - group_start)  # the last may be short
             if skip_nonfinite and not torch.isfinite(loss).item():
                 p.skipped += 1
                 skipped_in_group += 1
@@ -296,11 +300,7 @@ def fit(
                     check_finite(loss.item(), f"the loss of {consecutive_nonfinite} batches in a row")
             else:
                 consecutive_nonfinite = 0
-                scaled = loss
-                if accumulate_grad_batches > 1:
-                    group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
-                    group_size = min(accumulate_grad_batches, n_batches - group_start)  # the last may be short
-                    scaled = loss / group_size
+                scaled = loss / group_size if group_size > 1 else loss
                 (scaler.scale(scaled) if use_scaler else scaled).backward()
                 accumulated = True
                 n = y.shape[0]  # not len(y): Tensor.__len__ runs Python code
@@ -317,10 +317,9 @@ def fit(
                 continue  # every batch of the group was skipped: nothing to step
             accumulated = False
             if group_skipped:  # the mean over the group's batches that trained, not over all of them
-                group_batches = p.batch - (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
                 for param in model.parameters():
                     if param.grad is not None:
-                        param.grad.mul_(group_batches / (group_batches - group_skipped))
+                        param.grad.mul_(group_size / (group_size - group_skipped))
 
             if grad_clip > 0:
                 if use_scaler:
