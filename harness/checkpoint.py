@@ -357,18 +357,19 @@ class Checkpointer:
                 if not self._queued:
                     return  # closed, and everything is written
                 files, self._queued, self._writing = self._queued, {}, True
+            renamed, error = False, None
             try:
                 for payload in {id(payload): payload for payload in files.values()}.values():
                     names = [name for name in files if files[name] is payload]
                     write_atomic(self.directory, names, payload, sync_directory=False)
-                    self._renamed = True
+                    renamed = True
             except BaseException as e:  # handed to the training thread by the next save or wait
-                with self._changed:
-                    self._error = self._error or e
-            finally:
-                with self._changed:
-                    self._writing = False
-                    self._changed.notify_all()
+                error = e
+            with self._changed:
+                self._renamed = self._renamed or renamed
+                self._error = self._error or error
+                self._writing = False
+                self._changed.notify_all()
 
     def _raise_failed_write(self) -> None:
         error, self._error = self._error, None
