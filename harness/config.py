@@ -93,6 +93,7 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "trainer.num_threads", 0)
     _integer(cfg, "trainer.accumulate_grad_batches", 1)
     _integer(cfg, "trainer.checkpoint_every_n_epochs", 0)
+    _number(cfg, "trainer.checkpoint_min_interval_s", 0.0)
     precision = _get(cfg, "trainer.precision")
     if str(precision) not in ("32", "bf16", "16-mixed"):
         raise ConfigError(f"trainer.precision={precision!r} must be one of 32, bf16, 16-mixed")

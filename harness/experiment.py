@@ -359,6 +359,7 @@ def _train(cfg: DictConfig, c: Components, run_dir: str | Path, checkpoint: dict
             grad_clip=cfg.trainer.grad_clip,
             accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
             checkpoint_every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
+            checkpoint_min_interval_s=cfg.trainer.checkpoint_min_interval_s,
             precision=str(cfg.trainer.precision),
             scaler=c.scaler,
             on_nonfinite=cfg.trainer.on_nonfinite,

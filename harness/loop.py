@@ -124,6 +124,7 @@ def fit(
     grad_clip: float = 0.0,
     accumulate_grad_batches: int = 1,
     checkpoint_every_n_epochs: int = 1,
+    checkpoint_min_interval_s: float = 1.0,
     precision: str = "32",
     scaler: torch.amp.GradScaler | None = None,
     on_nonfinite: str = "stop",
@@ -154,8 +155,8 @@ def fit(
                     stop requested (SIGINT/SIGTERM on any rank): save last.pt mid-epoch, raise Interrupted
             evaluate on val_loader; log train/epoch_loss, val/loss, val/acc, epoch at the epoch's last step
             scheduler.step()                                # if interval == "epoch"
-            save last.pt every checkpoint_every_n_epochs epochs and at the end, and last.pt and best.pt
-            whenever the monitored metric improves
+            save last.pt every checkpoint_every_n_epochs epochs (at most once per checkpoint_min_interval_s)
+            and at the end, and last.pt and best.pt whenever the monitored metric improves
 
     x of every logged scalar is the global optimizer step. ``lr/group<i>`` is the LR group ``i`` used
     for the logged step. Losses stay on the device between logging points: ``.item()`` (a host-device
@@ -180,6 +181,9 @@ def fit(
         accumulate_grad_batches: batches whose gradients add up to one optimizer step.
         checkpoint_every_n_epochs: epochs between ``last.pt`` writes (0: only at the end, on a stop, and
             when the monitored metric improves, which always writes ``best.pt``).
+        checkpoint_min_interval_s: a due ``last.pt`` write is skipped if the previous checkpoint was written
+            less than this many seconds ago, so tiny epochs don't spend their time on checkpoints (0: every
+            due epoch); the final epoch, a stop and a new best always write.
         precision: ``"32"``, ``"bf16"`` or ``"16-mixed"`` (autocast dtype of forward and loss).
         scaler: the ``GradScaler`` for ``16-mixed``; ``None`` for the others.
         on_nonfinite: ``"stop"`` raises on a NaN/inf loss; ``"skip_batch"`` drops that batch's update,
@@ -237,6 +241,7 @@ def fit(
         }
 
     metrics: dict[str, float] = {}
+    last_saved = -math.inf  # time.monotonic() of the last checkpoint
     lrs = [group["lr"] for group in optimizer.param_groups]
     amp = autocast(device, precision)  # entered once a step; it saves and restores the state each time
     # batches of an on-device loader are already where they go: skip two no-op copies a step
@@ -394,10 +399,12 @@ def fit(
         if interval == "epoch":
             scheduler.step()
         p.epoch, p.batch, p.epoch_loss, p.epoch_samples = epoch + 1, 0, 0.0, 0
-        due = checkpoint_every_n_epochs and p.epoch % checkpoint_every_n_epochs == 0
+        due = (checkpoint_every_n_epochs and p.epoch % checkpoint_every_n_epochs == 0
+               and time.monotonic() - last_saved >= checkpoint_min_interval_s)
         if checkpointer is not None and (due or p.epoch == max_epochs or checkpointer.improved(metrics)):
             epoch_start_rng = generator.get_state()  # the next epoch starts from here
             checkpointer.save({**state(), "metrics": metrics}, metrics)
+            last_saved = time.monotonic()
             last_good = f"last good checkpoint: {checkpointer.last_path} (epoch {epoch + 1})"
         if not bar.disable and bar.last_print_t > bar.start_t:
             bar.clear()  # drawn this epoch: clear the line for the epoch's log line

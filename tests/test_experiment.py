@@ -103,6 +103,8 @@ def test_interval_step_counts_scheduler_steps_per_batch():
         (["trainer.max_epochs=ten"], "trainer.max_epochs='ten' must be an integer >= 1"),
         (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 must be an integer >= 1"),
         (["trainer.grad_clip=-1"], "trainer.grad_clip=-1 must be a number >= 0"),
+        (["trainer.checkpoint_min_interval_s=-0.5"], "trainer.checkpoint_min_interval_s=-0.5 must be a number >= 0"),
+        (["trainer.checkpoint_min_interval_s=inf"], "trainer.checkpoint_min_interval_s=inf must be a number >= 0"),
         (["trainer.device=gpu"], "trainer.device='gpu' must be auto, cpu, cuda or cuda:N"),
         (["trainer.progress_bar=maybe"], "trainer.progress_bar='maybe' must be true or false"),
         (["seed=-3"], "seed=-3 must be an integer >= 0"),

@@ -272,11 +272,24 @@ def test_checkpoint_cadence(tmp_path, monkeypatch):
     monkeypatch.setattr(Checkpointer, "save", spy)
     # train/loss with mode max improves only on the first epoch: the cadence alone decides the rest
     common = ["trainer.max_epochs=5", "trainer.monitor=train/loss", "trainer.monitor_mode=max"]
-    run(tmp_path, "every2", *common, "trainer.checkpoint_every_n_epochs=2")
+    every_epoch = "trainer.checkpoint_min_interval_s=0"
+    run(tmp_path, "every", *common, every_epoch)
+    assert saved == [1, 2, 3, 4, 5]
+    saved.clear()
+    run(tmp_path, "every2", *common, every_epoch, "trainer.checkpoint_every_n_epochs=2")
     assert saved == [1, 2, 4, 5]
     saved.clear()
-    run(tmp_path, "end", *common, "trainer.checkpoint_every_n_epochs=0")
+    run(tmp_path, "end", *common, every_epoch, "trainer.checkpoint_every_n_epochs=0")
     assert saved == [1, 5]
+    saved.clear()
+    # the time floor: within an hour of the first checkpoint only the end writes ...
+    run(tmp_path, "floor", *common, "trainer.checkpoint_min_interval_s=3600")
+    assert saved == [1, 5]
+    saved.clear()
+    # ... and every new best (the training loss falls every epoch here)
+    run(tmp_path, "floor_bests", "trainer.max_epochs=5", "trainer.monitor=train/loss", "trainer.monitor_mode=min",
+        "trainer.checkpoint_min_interval_s=3600")
+    assert saved == [1, 2, 3, 4, 5]
     full = run(tmp_path, "full", "trainer.max_epochs=6")
     run(tmp_path, "sparse", "trainer.max_epochs=6", "trainer.checkpoint_every_n_epochs=4")
     (tmp_path / "sparse" / "checkpoints" / "last.pt").unlink()
