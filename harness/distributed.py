@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "world", "setup", "teardown", "is_distributed", "all_reduce_sum", "any_rank", "broadcast_object"]
+__all__ = ["World", "world", "setup", "teardown", "is_distributed", "all_reduce_sum", "sum_over_ranks", "any_rank",
+           "broadcast_object"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """``values`` summed over all processes (in float64 on ``device``); in a single process, ``values``
+    as they are, without a tensor or a device in sight."""
+    if not dist.is_initialized():
+        return values
+    return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

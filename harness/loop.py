@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from harness.checkpoint import Checkpointer, capture_rng, loader_rng_state, restore_rng
-from harness.distributed import all_reduce_sum, any_rank, is_distributed
+from harness.distributed import all_reduce_sum, any_rank, is_distributed, sum_over_ranks
 from harness.errors import Interrupted, TrainingError
 from harness.signals import StopOnSignal
 
@@ -263,16 +263,17 @@ def fit(
         if rng is not None:
             restore_rng(rng)  # after the skipped batches were drawn, exactly where the checkpoint stood
             rng = None
-        # [epoch, window] sums of loss * batch size, in float64 on the device. A step only appends its loss
-        # to `losses` (no op, no sync); they are added up at logging points and at the epoch's end.
-        sums = torch.tensor([p.epoch_loss, p.window_loss], dtype=torch.float64, device=device)
+        # A step only appends its loss tensor to `losses` (no op, no sync). At logging points and at the
+        # epoch's end one stack and one copy to the host bring them over, and the sums of loss * batch size
+        # go on in Python floats (float64), batch by batch: the same additions wherever the flushes fall.
         losses: list[torch.Tensor] = []
         sizes: list[int] = []
 
         def add_up_losses() -> None:
             if losses:
-                weights = torch.tensor(sizes, dtype=torch.float64, device=device)
-                sums.add_(torch.dot(torch.stack(losses).double(), weights))
+                for value, n in zip(torch.stack(losses).tolist(), sizes):
+                    p.epoch_loss += value * n
+                    p.window_loss += value * n
                 losses.clear()
                 sizes.clear()
 
@@ -348,16 +349,14 @@ def fit(
             if logging_point:
                 # host-device sync: logging points only; the mean over every process's batches
                 add_up_losses()
-                window = torch.stack([sums[1], torch.tensor(float(p.window_samples), device=device)])
-                window_sum, window_samples = all_reduce_sum(window).tolist()
+                window_sum, window_samples = sum_over_ranks([p.window_loss, p.window_samples], device)
                 train_loss = window_sum / window_samples
                 check_finite(train_loss, "the training loss")
                 if logger is not None:
                     logger.log({"train/loss": train_loss, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)}}, p.step)
                 if not bar.disable:
-                    bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
-                sums[1] = 0.0
-                p.window_samples = 0
+                    bar.set_postfix_str(f"loss={train_loss:.4f}, lr={lrs[0]:.3g}", refresh=False)
+                p.window_loss, p.window_samples = 0.0, 0
             # Ranks agree on a stop with a collective, so in a distributed run they ask only at logging
             # points and at the epoch's end, where the loss is synced anyway.
             if stop is not None and (
@@ -365,7 +364,6 @@ def fit(
                 else (logging_point or p.batch == n_batches) and any_rank(stop.requested, device)
             ):
                 add_up_losses()
-                p.epoch_loss, p.window_loss = sums.tolist()
                 check_finite(p.epoch_loss, "the epoch's training loss")  # never save a diverged model
                 saved = "nothing on this rank"
                 if checkpointer is not None:
@@ -378,9 +376,7 @@ def fit(
                 )
 
         add_up_losses()
-        epoch_sum, p.window_loss = sums.tolist()
-        samples = torch.tensor([epoch_sum, float(p.epoch_samples)], dtype=torch.float64, device=device)
-        loss_sum, samples = all_reduce_sum(samples).tolist()
+        loss_sum, samples = sum_over_ranks([p.epoch_loss, p.epoch_samples], device)
         if samples == 0:
             raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped")
         train_loss = loss_sum / samples
