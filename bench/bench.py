@@ -14,9 +14,9 @@ Reported per contender:
 * peak RSS  the process's peak resident memory (and peak CUDA memory with --device cuda).
 
 Two models: the default MLP (hidden 256) and a tiny MLP (hidden 16), where per-step overhead shows most.
-The harness runs through `train.py` exactly as a user starts it, with TensorBoard logging, checkpoints and the
-progress bar at their defaults; its stderr is made to look like a terminal, so the bar is drawn (into
-/dev/null) as a user would see it. Contenders:
+The harness runs through `train.py` exactly as a user starts it, with TensorBoard logging, checkpoints, the
+epoch log lines (console and train.log) and the progress bar at their defaults; its stderr is made to look
+like a terminal, so the bar is drawn (into /dev/null) as a user would see it. Contenders:
 
 * hand-written loop         the minimal loop: no logging, no checkpoints (the reference for the ratios);
 * hand loop + torch.save    the same plus a nanoGPT-style `torch.save` of model and optimizer every epoch,
@@ -150,7 +150,7 @@ def worker_harness(hidden: list[int], steps: int, device: str, t0: float, *extra
             str(ROOT / "train.py"),
             f"model.hidden={hidden}", f"trainer.max_epochs={_epochs(steps, steps_per_epoch)}",
             f"scheduler.warmup_epochs={WARMUP}", f"optimizer.lr={LR}", f"data.batch_size={BATCH}",
-            f"trainer.device={device}", f"hydra.run.dir={tmp}/run", "hydra.job_logging.root.level=WARNING",
+            f"trainer.device={device}", f"hydra.run.dir={tmp}/run",
             *extra,
         ]
         try:
