@@ -264,8 +264,8 @@ def _flush_open_checkpointers() -> None:
 
 
 class Checkpointer:
-    """Writes ``last.pt`` after every epoch (and on a requested stop) and ``best.pt`` when the monitored
-    metric improves, into ``directory``.
+    """Writes ``last.pt`` whenever the loop saves (after epochs, at the cadence ``fit`` is given, and on a
+    requested stop) and ``best.pt`` with it when the monitored metric improves, into ``directory``.
 
     ``save`` serialises the state at once (so training can go on changing it) and hands the file writes
     (temporary file, fsync, rename: see :func:`write_atomic`) to a background thread, where they wait on

@@ -258,7 +258,7 @@ class TensorLoader:
         order = order.to(self.device)
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            yield tuple([t[index] for t in self.tensors])
+            yield tuple([t.index_select(0, index) for t in self.tensors])  # half the cost of t[index]
 
 
 def _as_tensors(dataset: Dataset) -> tuple[torch.Tensor, ...]:

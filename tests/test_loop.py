@@ -104,6 +104,13 @@ def test_epoch_loss_is_the_sample_weighted_mean_over_many_batches_between_loggin
     assert metrics["train/loss"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_epoch_loss_does_not_depend_on_where_the_logging_points_fall():
+    # the sums go batch by batch wherever the losses are brought over, so the epoch means agree to the bit
+    means = {log_every: train(epochs=3, log_every=log_every)[1].series("train/epoch_loss")
+             for log_every in (1, 4, 1000)}
+    assert means[1] == means[4] == means[1000]
+
+
 def test_same_seed_same_numbers():
     a, la = train(epochs=4)
     b, lb = train(epochs=4)
