@@ -27,7 +27,7 @@ like a terminal, so the bar is drawn (into /dev/null) as a user would see it. Co
                             epoch, however short (the digits epochs here are 10-15 ms);
 * lightning                 Lightning's Trainer at its defaults, with the `bench` extra installed.
 
-Usage: python bench/bench.py [--steps 3000] [--device cpu|cuda] [--repeats 5]
+Usage: python bench/bench.py [--steps 3000] [--device cpu|cuda] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per contender (rounded up to epochs)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=5, help="rounds: runs per contender, interleaved")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds: runs per contender, interleaved")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
