@@ -44,3 +44,15 @@ def test_values_wait_in_memory_at_most_flush_secs(tmp_path):
 def test_two_loggers_in_one_second_write_two_files(tmp_path):
     with TensorBoardLogger(tmp_path) as first, TensorBoardLogger(tmp_path) as second:
         assert first.path != second.path
+
+
+def test_events_keep_the_time_they_were_logged_not_the_flush_time(tmp_path, monkeypatch):
+    clock = iter([1000.0, 1000.0, 2000.0, 3000.0, 9000.0, 9000.0])  # file name, version event, 2 logs, flush
+    monkeypatch.setattr("harness.tensorboard.time.time", lambda: next(clock))
+    logger = TensorBoardLogger(tmp_path, flush_secs=3600)
+    logger.log({"train/loss": 0.5}, 1)
+    logger.log({"train/loss": 0.25}, 2)
+    logger.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.wall_time) for e in events.Scalars("train/loss")] == [(1, 2000.0), (2, 3000.0)]
