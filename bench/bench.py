@@ -20,7 +20,7 @@ like a terminal, so the bar is drawn (into /dev/null) as a user would see it. Co
 
 * hand-written loop         the minimal loop: no logging, no checkpoints (the reference for the ratios);
 * hand loop + torch.save    the same plus a nanoGPT-style `torch.save` of model and optimizer every epoch,
-                            the like-for-like reference for the harness's per-epoch `last.pt`;
+                            the like-for-like reference for "harness, ckpt every epoch";
 * harness                   `python train.py` at its defaults (`last.pt` after every epoch but at most once a
                             second, `best.pt` on every improvement);
 * harness, ckpt every epoch `trainer.checkpoint_min_interval_s=0`: a complete, fsynced `last.pt` after every

@@ -272,8 +272,9 @@ def fit(
         def add_up_losses() -> None:
             if losses:
                 for value, n in zip(torch.stack(losses).tolist(), sizes):
-                    p.epoch_loss += value * n
-                    p.window_loss += value * n
+                    weighted = value * n
+                    p.epoch_loss += weighted
+                    p.window_loss += weighted
                 losses.clear()
                 sizes.clear()
 
