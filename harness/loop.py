@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from harness.checkpoint import Checkpointer, capture_rng, loader_rng_state, restore_rng
-from harness.distributed import all_reduce_sum, any_rank, is_distributed, sum_over_ranks
+from harness.distributed import any_rank, is_distributed, sum_over_ranks
 from harness.errors import Interrupted, TrainingError
 from harness.signals import StopOnSignal
 
@@ -33,6 +33,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
 _NO_AUTOCAST = nullcontext()  # reusable, unlike torch.autocast
+EPOCH_LINES_EVERY_S = 0.5  # shortest time between two writes of epoch log lines
 
 
 def autocast(device: torch.device, precision: str):
@@ -87,24 +88,43 @@ def evaluate(
     loss_fn: LossFn = F.cross_entropy,
     precision: str = "32",
 ) -> dict:
-    """Mean loss and accuracy of ``model`` over ``loader`` (summed over all processes in a distributed run);
-    one host-device sync at the end.
+    """Mean loss and accuracy of ``model`` over ``loader`` (summed over all processes in a distributed run).
+
+    Each batch's loss and count of correct predictions stay on the device; they come to the host
+    together at the end (and every 1024 batches), where the sums go on in Python (float64 and int).
 
     Returns:
         ``{"val/loss": float, "val/acc": float}``.
     """
     model.eval()
-    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, samples
+    loss_sum, correct, seen = 0.0, 0, 0
+    losses: list[torch.Tensor] = []
+    hits: list[torch.Tensor] = []
+    sizes: list[int] = []
+
+    def add_up() -> None:
+        nonlocal loss_sum, correct
+        if losses:
+            for value, n in zip(torch.stack(losses).tolist(), sizes):
+                loss_sum += value * n
+            correct += int(torch.stack(hits).sum())
+            losses.clear()
+            hits.clear()
+            sizes.clear()
+
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model(x)
             loss = loss_fn(logits, y)
-        n = y.shape[0]  # not len(y): Tensor.__len__ is Python, shape is not
-        totals[0] += loss.double() * n
-        totals[1] += (logits.argmax(dim=1) == y).sum()
-        totals[2] += n
-    loss_sum, correct, seen = all_reduce_sum(totals).tolist()
+        losses.append(loss)
+        hits.append((logits.argmax(dim=1) == y).sum())
+        sizes.append(y.shape[0])  # not len(y): Tensor.__len__ is Python, shape is not
+        seen += y.shape[0]
+        if len(losses) == 1024:
+            add_up()  # bounded memory however long the validation set
+    add_up()
+    loss_sum, correct, seen = sum_over_ranks([loss_sum, correct, seen], device)
     if seen == 0:
         raise ValueError("the validation loader is empty")
     return {"val/loss": loss_sum / seen, "val/acc": correct / seen}
@@ -157,6 +177,7 @@ def fit(
             scheduler.step()                                # if interval == "epoch"
             save last.pt every checkpoint_every_n_epochs epochs (at most once per checkpoint_min_interval_s)
             and at the end, and last.pt and best.pt whenever the monitored metric improves
+            log the epoch's line (those of epochs under EPOCH_LINES_EVERY_S go out together, twice a second)
 
     x of every logged scalar is the global optimizer step. ``lr/group<i>`` is the LR group ``i`` used
     for the logged step. Losses stay on the device between logging points: ``.item()`` (a host-device
@@ -248,167 +269,183 @@ def fit(
     batches_on_device = getattr(train_loader, "device", None) == device
     # one bar, restarted every epoch; tqdm turns itself off where stderr is not a terminal
     bar = tqdm(total=len(train_loader), leave=False, disable=None if progress_bar else True, dynamic_ncols=True)
-    for epoch in range(p.epoch, max_epochs):
-        started = time.perf_counter()
-        model.train()
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
-        if rng is not None:
-            generator.set_state(loader_rng_state(rng))
-        epoch_start_rng = generator.get_state()
-        n_batches = len(train_loader)
-        batches: Iterator = iter(train_loader)
-        if p.batch:
-            batches = islice(batches, p.batch, None)  # a mid-epoch resume: the same shuffle, minus what's done
-        if rng is not None:
-            restore_rng(rng)  # after the skipped batches were drawn, exactly where the checkpoint stood
-            rng = None
-        # A step only appends its loss tensor to `losses` (no op, no sync). At logging points and at the
-        # epoch's end one stack and one copy to the host bring them over, and the sums of loss * batch size
-        # go on in Python floats (float64), batch by batch: the same additions wherever the flushes fall.
-        losses: list[torch.Tensor] = []
-        sizes: list[int] = []
+    # Epoch lines wait and go out together, at most every EPOCH_LINES_EVERY_S: one log call costs a tenth
+    # of a millisecond between training steps, several in a row far less each; longer epochs log at once.
+    epoch_lines: list[tuple] = []
+    lines_written = -math.inf  # time.monotonic() of the last write
 
-        def add_up_losses() -> None:
-            if losses:
-                for value, n in zip(torch.stack(losses).tolist(), sizes):
-                    weighted = value * n
-                    p.epoch_loss += weighted
-                    p.window_loss += weighted
-                losses.clear()
-                sizes.clear()
-
-        consecutive_nonfinite = 0
-        accumulated = False  # gradients waiting for an optimizer step
-        skipped_in_group = 0  # batches of the current accumulation group skipped for a non-finite loss
-        if not bar.disable:  # restarted by hand: reset() would redraw, which costs more than a tiny epoch
-            bar.set_description(f"epoch {epoch + 1}/{max_epochs}", refresh=False)
-            bar.total, bar.n, bar.last_print_n = n_batches, p.batch, p.batch
-            bar.start_t = bar.last_print_t = time.time()
-        for x, y in batches:
-            p.batch += 1
+    def write_epoch_lines() -> None:
+        nonlocal lines_written
+        if epoch_lines:
             if not bar.disable:
-                bar.update()
-            if not batches_on_device:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with amp:
-                loss = loss_fn(model(x), y)
-            group_size = 1  # batches in this batch's accumulation group
-            if accumulate_grad_batches > 1:
-                group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
-                group_size = min(accumulate_grad_batches, n_batches - group_start)  # the last may be short
-            if skip_nonfinite and not torch.isfinite(loss).item():
-                p.skipped += 1
-                skipped_in_group += 1
-                consecutive_nonfinite += 1
-                log.warning("non-finite loss at epoch %d, batch %d: batch skipped (%d so far)",
-                            epoch + 1, p.batch, p.skipped)
-                if consecutive_nonfinite >= nonfinite_patience:
-                    check_finite(loss.item(), f"the loss of {consecutive_nonfinite} batches in a row")
-            else:
-                consecutive_nonfinite = 0
-                scaled = loss / group_size if group_size > 1 else loss
-                (scaler.scale(scaled) if use_scaler else scaled).backward()
-                accumulated = True
-                n = y.shape[0]  # not len(y): Tensor.__len__ runs Python code
-                losses.append(loss.detach())
-                sizes.append(n)
-                if len(losses) == 1024:
-                    add_up_losses()  # bounded memory however far apart the logging points are
-                p.epoch_samples += n
-                p.window_samples += n
-            if p.batch % accumulate_grad_batches and p.batch < n_batches:
-                continue  # gradients add up until the group of batches is complete
-            group_skipped, skipped_in_group = skipped_in_group, 0
-            if not accumulated:
-                continue  # every batch of the group was skipped: nothing to step
-            accumulated = False
-            if group_skipped:  # the mean over the group's batches that trained, not over all of them
-                for param in model.parameters():
-                    if param.grad is not None:
-                        param.grad.mul_(group_size / (group_size - group_skipped))
+                bar.clear()  # the bar's line makes way for the log lines
+            for line in epoch_lines:
+                log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g  (%.1fs)", *line)
+            epoch_lines.clear()
+            lines_written = time.monotonic()
 
-            if grad_clip > 0:
-                if use_scaler:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            lrs = [group["lr"] for group in optimizer.param_groups]
-            if use_scaler:
-                scale = scaler.get_scale()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if scaler.get_scale() < scale:
-                    continue  # inf/NaN gradients: the scaler skipped this optimizer step, so the schedule waits
-            else:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if interval == "step":
-                scheduler.step()
-            p.step += 1
-            logging_point = p.step % log_every_n_steps == 0
-            if logging_point:
-                # host-device sync: logging points only; the mean over every process's batches
-                add_up_losses()
-                window_sum, window_samples = sum_over_ranks([p.window_loss, p.window_samples], device)
-                train_loss = window_sum / window_samples
-                check_finite(train_loss, "the training loss")
-                if logger is not None:
-                    logger.log({"train/loss": train_loss, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)}}, p.step)
+    try:
+        for epoch in range(p.epoch, max_epochs):
+            started = time.perf_counter()
+            model.train()
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
+            if rng is not None:
+                generator.set_state(loader_rng_state(rng))
+            epoch_start_rng = generator.get_state()
+            n_batches = len(train_loader)
+            batches: Iterator = iter(train_loader)
+            if p.batch:
+                batches = islice(batches, p.batch, None)  # a mid-epoch resume: the same shuffle, minus what's done
+            if rng is not None:
+                restore_rng(rng)  # after the skipped batches were drawn, exactly where the checkpoint stood
+                rng = None
+            # A step only appends its loss tensor to `losses` (no op, no sync). At logging points and at the
+            # epoch's end one stack and one copy to the host bring them over, and the sums of loss * batch size
+            # go on in Python floats (float64), batch by batch: the same additions wherever the flushes fall.
+            losses: list[torch.Tensor] = []
+            sizes: list[int] = []
+
+            def add_up_losses() -> None:
+                if losses:
+                    for value, n in zip(torch.stack(losses).tolist(), sizes):
+                        weighted = value * n
+                        p.epoch_loss += weighted
+                        p.window_loss += weighted
+                    losses.clear()
+                    sizes.clear()
+
+            consecutive_nonfinite = 0
+            accumulated = False  # gradients waiting for an optimizer step
+            skipped_in_group = 0  # batches of the current accumulation group skipped for a non-finite loss
+            if not bar.disable:  # restarted by hand: reset() would redraw, which costs more than a tiny epoch
+                bar.set_description(f"epoch {epoch + 1}/{max_epochs}", refresh=False)
+                bar.total, bar.n, bar.last_print_n = n_batches, p.batch, p.batch
+                bar.start_t = bar.last_print_t = time.time()
+            for x, y in batches:
+                p.batch += 1
                 if not bar.disable:
-                    bar.set_postfix_str(f"loss={train_loss:.4f}, lr={lrs[0]:.3g}", refresh=False)
-                p.window_loss, p.window_samples = 0.0, 0
-            # Ranks agree on a stop with a collective, so in a distributed run they ask only at logging
-            # points and at the epoch's end, where the loss is synced anyway.
-            if stop is not None and (
-                stop.requested if not distributed
-                else (logging_point or p.batch == n_batches) and any_rank(stop.requested, device)
-            ):
-                add_up_losses()
-                check_finite(p.epoch_loss, "the epoch's training loss")  # never save a diverged model
-                saved = "nothing on this rank"
-                if checkpointer is not None:
-                    saved = checkpointer.save(state())
-                    checkpointer.wait()
-                raise Interrupted(
-                    f"stopped by {stop.name or 'a signal to another rank'} at epoch {epoch + 1}, "
-                    f"step {p.step}; saved {saved}",
-                    stop.received or 15,
-                )
+                    bar.update()
+                if not batches_on_device:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with amp:
+                    loss = loss_fn(model(x), y)
+                group_size = 1  # batches in this batch's accumulation group
+                if accumulate_grad_batches > 1:
+                    group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
+                    group_size = min(accumulate_grad_batches, n_batches - group_start)  # the last may be short
+                if skip_nonfinite and not torch.isfinite(loss).item():
+                    p.skipped += 1
+                    skipped_in_group += 1
+                    consecutive_nonfinite += 1
+                    log.warning("non-finite loss at epoch %d, batch %d: batch skipped (%d so far)",
+                                epoch + 1, p.batch, p.skipped)
+                    if consecutive_nonfinite >= nonfinite_patience:
+                        check_finite(loss.item(), f"the loss of {consecutive_nonfinite} batches in a row")
+                else:
+                    consecutive_nonfinite = 0
+                    scaled = loss / group_size if group_size > 1 else loss
+                    (scaler.scale(scaled) if use_scaler else scaled).backward()
+                    accumulated = True
+                    n = y.shape[0]  # not len(y): Tensor.__len__ runs Python code
+                    losses.append(loss.detach())
+                    sizes.append(n)
+                    if len(losses) == 1024:
+                        add_up_losses()  # bounded memory however far apart the logging points are
+                    p.epoch_samples += n
+                    p.window_samples += n
+                if p.batch % accumulate_grad_batches and p.batch < n_batches:
+                    continue  # gradients add up until the group of batches is complete
+                group_skipped, skipped_in_group = skipped_in_group, 0
+                if not accumulated:
+                    continue  # every batch of the group was skipped: nothing to step
+                accumulated = False
+                if group_skipped:  # the mean over the group's batches that trained, not over all of them
+                    for param in model.parameters():
+                        if param.grad is not None:
+                            param.grad.mul_(group_size / (group_size - group_skipped))
 
-        add_up_losses()
-        loss_sum, samples = sum_over_ranks([p.epoch_loss, p.epoch_samples], device)
-        if samples == 0:
-            raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped")
-        train_loss = loss_sum / samples
-        check_finite(train_loss, "the epoch's mean training loss")
-        val = evaluate(model, val_loader, device, loss_fn, precision)
-        check_finite(val["val/loss"], "the validation loss")
-        if logger is not None:
-            logger.log({"train/epoch_loss": train_loss, **val, "epoch": epoch + 1}, p.step)
-        metrics = {
-            "train/loss": train_loss,
-            **val,
-            **{f"lr/group{i}": lr for i, lr in enumerate(lrs)},
-            "epoch": epoch + 1,
-            "step": p.step,
-        }
-        if interval == "epoch":
-            scheduler.step()
-        p.epoch, p.batch, p.epoch_loss, p.epoch_samples = epoch + 1, 0, 0.0, 0
-        due = (checkpoint_every_n_epochs and p.epoch % checkpoint_every_n_epochs == 0
-               and time.monotonic() - last_saved >= checkpoint_min_interval_s)
-        if checkpointer is not None and (due or p.epoch == max_epochs or checkpointer.improved(metrics)):
-            epoch_start_rng = generator.get_state()  # the next epoch starts from here
-            checkpointer.save({**state(), "metrics": metrics}, metrics)
-            last_saved = time.monotonic()
-            last_good = f"last good checkpoint: {checkpointer.last_path} (epoch {epoch + 1})"
-        if not bar.disable and bar.last_print_t > bar.start_t:
-            bar.clear()  # drawn this epoch: clear the line for the epoch's log line
-        log.info(
-            "epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g  (%.1fs)",
-            epoch + 1, max_epochs, train_loss, val["val/loss"], val["val/acc"], lrs[0],
-            time.perf_counter() - started,
-        )
-    bar.close()
+                if grad_clip > 0:
+                    if use_scaler:
+                        scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                lrs = [group["lr"] for group in optimizer.param_groups]
+                if use_scaler:
+                    scale = scaler.get_scale()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler.get_scale() < scale:
+                        continue  # inf/NaN gradients: the scaler skipped this optimizer step, so the schedule waits
+                else:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if interval == "step":
+                    scheduler.step()
+                p.step += 1
+                logging_point = p.step % log_every_n_steps == 0
+                if logging_point:
+                    # host-device sync: logging points only; the mean over every process's batches
+                    add_up_losses()
+                    window_sum, window_samples = sum_over_ranks([p.window_loss, p.window_samples], device)
+                    train_loss = window_sum / window_samples
+                    check_finite(train_loss, "the training loss")
+                    if logger is not None:
+                        lr_values = {f"lr/group{i}": lr for i, lr in enumerate(lrs)}
+                        logger.log({"train/loss": train_loss, **lr_values}, p.step)
+                    if not bar.disable:
+                        bar.set_postfix_str(f"loss={train_loss:.4f}, lr={lrs[0]:.3g}", refresh=False)
+                    p.window_loss, p.window_samples = 0.0, 0
+                # Ranks agree on a stop with a collective, so in a distributed run they ask only at logging
+                # points and at the epoch's end, where the loss is synced anyway.
+                if stop is not None and (
+                    stop.requested if not distributed
+                    else (logging_point or p.batch == n_batches) and any_rank(stop.requested, device)
+                ):
+                    add_up_losses()
+                    check_finite(p.epoch_loss, "the epoch's training loss")  # never save a diverged model
+                    saved = "nothing on this rank"
+                    if checkpointer is not None:
+                        saved = checkpointer.save(state())
+                        checkpointer.wait()
+                    raise Interrupted(
+                        f"stopped by {stop.name or 'a signal to another rank'} at epoch {epoch + 1}, "
+                        f"step {p.step}; saved {saved}",
+                        stop.received or 15,
+                    )
+
+            add_up_losses()
+            loss_sum, samples = sum_over_ranks([p.epoch_loss, p.epoch_samples], device)
+            if samples == 0:
+                raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped")
+            train_loss = loss_sum / samples
+            check_finite(train_loss, "the epoch's mean training loss")
+            val = evaluate(model, val_loader, device, loss_fn, precision)
+            check_finite(val["val/loss"], "the validation loss")
+            if logger is not None:
+                logger.log({"train/epoch_loss": train_loss, **val, "epoch": epoch + 1}, p.step)
+            metrics = {
+                "train/loss": train_loss,
+                **val,
+                **{f"lr/group{i}": lr for i, lr in enumerate(lrs)},
+                "epoch": epoch + 1,
+                "step": p.step,
+            }
+            if interval == "epoch":
+                scheduler.step()
+            p.epoch, p.batch, p.epoch_loss, p.epoch_samples = epoch + 1, 0, 0.0, 0
+            due = (checkpoint_every_n_epochs and p.epoch % checkpoint_every_n_epochs == 0
+                   and time.monotonic() - last_saved >= checkpoint_min_interval_s)
+            if checkpointer is not None and (due or p.epoch == max_epochs or checkpointer.improved(metrics)):
+                epoch_start_rng = generator.get_state()  # the next epoch starts from here
+                checkpointer.save({**state(), "metrics": metrics}, metrics)
+                last_saved = time.monotonic()
+                last_good = f"last good checkpoint: {checkpointer.last_path} (epoch {epoch + 1})"
+            epoch_lines.append((epoch + 1, max_epochs, train_loss, val["val/loss"], val["val/acc"], lrs[0],
+                                time.perf_counter() - started))
+            if time.monotonic() - lines_written >= EPOCH_LINES_EVERY_S or p.epoch == max_epochs:
+                write_epoch_lines()
+    finally:
+        write_epoch_lines()  # also when training fails or stops: every finished epoch has its line
+        bar.close()
     return metrics

@@ -1,5 +1,6 @@
 """The loop on plain torch objects, no Hydra: order of calls, logging points, faults."""
 
+import logging
 import math
 
 import pytest
@@ -139,6 +140,67 @@ def test_nan_between_logging_points_is_caught_at_the_epoch_end():
     with pytest.raises(TrainingError, match="epoch's mean training loss is nan at epoch 1, step 6"):
         fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=1, device=torch.device("cpu"),
             log_every_n_steps=1000, progress_bar=False)
+
+
+class Timeline(logging.Handler):
+    """Epoch log lines and TensorBoard epoch rows in the order they happen."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[str] = []
+
+    def emit(self, record):
+        if record.getMessage().startswith("epoch "):
+            self.events.append("line " + record.getMessage().split()[1])
+
+    def log(self, metrics, step):
+        if "epoch" in metrics:
+            self.events.append(f"epoch {metrics['epoch']} done")
+
+
+@pytest.fixture
+def timeline():
+    handler = Timeline()
+    logger = logging.getLogger("harness.loop")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+@pytest.mark.parametrize("every_s", [0.0, 3600.0])
+def test_epoch_lines_of_short_epochs_go_out_together(timeline, monkeypatch, every_s):
+    monkeypatch.setattr("harness.loop.EPOCH_LINES_EVERY_S", every_s)
+    model, loader, val = toy_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=4, device=torch.device("cpu"),
+        logger=timeline, progress_bar=False)
+    if every_s == 0:  # each epoch's line as it ends
+        expected = [event for e in range(1, 5) for event in (f"epoch {e} done", f"line {e}/4")]
+    else:  # the first at once, the rest at the end
+        expected = ["epoch 1 done", "line 1/4", "epoch 2 done", "epoch 3 done", "epoch 4 done",
+                    "line 2/4", "line 3/4", "line 4/4"]
+    assert timeline.events == expected
+
+
+def test_every_finished_epoch_has_its_line_when_training_fails(timeline, monkeypatch):
+    monkeypatch.setattr("harness.loop.EPOCH_LINES_EVERY_S", 3600.0)
+    model, loader, val = toy_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trained = 0
+
+    def fails_in_epoch_4(logits, y):
+        nonlocal trained
+        trained += logits.requires_grad  # training batches only, not validation
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        return loss * math.nan if trained > 3 * len(loader) else loss
+
+    with pytest.raises(TrainingError, match="at epoch 4"):
+        fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=6, device=torch.device("cpu"),
+            logger=timeline, progress_bar=False, loss_fn=fails_in_epoch_4)
+    assert [e for e in timeline.events if e.startswith("line")] == ["line 1/6", "line 2/6", "line 3/6"]
 
 
 def test_grad_clip_bounds_the_update():

@@ -77,6 +77,18 @@ def test_tensor_loader_shards_cover_the_shuffle_once():
     assert sorted(sum(val_shares, [])) == list(range(10))
 
 
+def test_tensor_loader_in_order_batches_are_views_of_the_data():
+    x = torch.arange(10).float().unsqueeze(1)
+    y = torch.arange(10)
+    loader = TensorLoader((x, y), batch_size=4)
+    batches = list(loader)
+    assert [b[1].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert len(batches) == len(loader)
+    assert all(b[0].untyped_storage().data_ptr() == loader.tensors[0].untyped_storage().data_ptr() for b in batches)
+    shard = [b[1].tolist() for b in TensorLoader((x, y), batch_size=2, rank=1, world_size=3, pad=False)]
+    assert shard == [[1, 4], [7]]
+
+
 @pytest.mark.slow
 def test_compile_trains_and_checkpoints_plain_weights(tmp_path):
     metrics = harness.run(compose_config([*FAST, "trainer.compile=true", "trainer.max_epochs=2",
