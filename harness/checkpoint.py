@@ -274,7 +274,8 @@ class Checkpointer:
     written is replaced by the newer state for it, so the newest state always goes to disk next.
     ``wait`` (or ``close``, or leaving the ``with`` block) blocks until everything saved is on disk,
     renames included (the directory is fsynced there, once, rather than after every epoch's rename), and
-    re-raises a failed write. Temporary files that a process killed mid-write left in ``directory`` are
+    re-raises a failed write. The thread starts with the ``Checkpointer`` and ends with ``close``, which an
+    ``atexit`` hook also calls. Temporary files that a process killed mid-write left in ``directory`` are
     removed when a ``Checkpointer`` is made for it (on resume).
 
     Args:
@@ -306,10 +307,14 @@ class Checkpointer:
         self._writing = False
         self._renamed = False  # renames since the directory was last fsynced
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
         self._closed = False
         for stale in self.directory.glob(".*.tmp"):  # a process killed mid-write left it; it is never read
             stale.unlink(missing_ok=True)
+        # Started now, before training: started at the first save, the thread waits for a core that
+        # training keeps busy, and that save stalls for milliseconds.
+        self._thread = threading.Thread(target=self._write_queued, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+        _OPEN.add(self)
 
     @property
     def last_path(self) -> Path:
@@ -342,10 +347,6 @@ class Checkpointer:
             self._queued[LAST] = payload
             if improved:
                 self._queued[BEST] = payload
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._write_queued, name="checkpoint-writer", daemon=True)
-                self._thread.start()
-                _OPEN.add(self)
             self._changed.notify_all()
         return self.last_path
 
@@ -394,7 +395,7 @@ class Checkpointer:
             with self._changed:
                 self._closed = True
                 self._changed.notify_all()
-            if self._thread is not None and self._thread is not threading.current_thread():
+            if self._thread is not threading.current_thread():
                 self._thread.join()
             _OPEN.discard(self)
 

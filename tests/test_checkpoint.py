@@ -71,6 +71,15 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"], "no temporary file left behind"
 
 
+def test_the_writer_thread_ends_with_close(tmp_path):
+    before = {t.ident for t in threading.enumerate()}
+    ckpt = Checkpointer(tmp_path)
+    assert [t.name for t in threading.enumerate() if t.ident not in before] == ["checkpoint-writer"]
+    ckpt.close()
+    ckpt.close()
+    assert {t.ident for t in threading.enumerate()} <= before
+
+
 def test_temporary_files_of_a_killed_writer_are_cleared_on_resume(tmp_path):
     save_atomic(minimal_state(1.0), tmp_path / "last.pt")
     (tmp_path / ".last.pt.4242.tmp").write_bytes(b"half a checkpoint")
