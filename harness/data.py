@@ -220,7 +220,8 @@ class TensorLoader:
     """Batches of in-memory tensors kept on the training device and shuffled there: no workers, no copies.
 
     Iterates like a ``DataLoader`` (``len``, ``generator``, batches of ``(x, y)``). The shuffle is drawn from
-    ``generator`` on the CPU, so its state can be saved and restored for exact resume. With
+    ``generator`` on the CPU, so its state can be saved and restored for exact resume; a shuffled batch is
+    gathered with ``index_select``, an unshuffled one is a slice (a view, no copy). With
     ``world_size > 1`` each process takes every ``world_size``-th sample of the shuffled order, so the
     processes' batches together are the batch one process would see with ``batch_size * world_size``.
 
