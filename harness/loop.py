@@ -36,6 +36,15 @@ _NO_AUTOCAST = nullcontext()  # reusable, unlike torch.autocast
 EPOCH_LINES_EVERY_S = 0.5  # shortest time between two writes of epoch log lines
 
 
+def _weighted_losses(losses: list[torch.Tensor], sizes: list[int]) -> list[float]:
+    """``loss * batch size`` for each kept per-batch loss, brought to the host with one stack and one copy
+    (the only sync); empties both lists."""
+    weighted = [value * n for value, n in zip(torch.stack(losses).tolist(), sizes)] if losses else []
+    losses.clear()
+    sizes.clear()
+    return weighted
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context for ``precision``: ``32`` (none), ``bf16`` or ``16-mixed`` (fp16)."""
     dtype = AUTOCAST_DTYPES[precision]
@@ -104,13 +113,11 @@ def evaluate(
 
     def add_up() -> None:
         nonlocal loss_sum, correct
-        if losses:
-            for value, n in zip(torch.stack(losses).tolist(), sizes):
-                loss_sum += value * n
+        if hits:
             correct += int(torch.stack(hits).sum())
-            losses.clear()
             hits.clear()
-            sizes.clear()
+            for weighted in _weighted_losses(losses, sizes):
+                loss_sum += weighted
 
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -307,13 +314,9 @@ def fit(
             sizes: list[int] = []
 
             def add_up_losses() -> None:
-                if losses:
-                    for value, n in zip(torch.stack(losses).tolist(), sizes):
-                        weighted = value * n
-                        p.epoch_loss += weighted
-                        p.window_loss += weighted
-                    losses.clear()
-                    sizes.clear()
+                for weighted in _weighted_losses(losses, sizes):
+                    p.epoch_loss += weighted
+                    p.window_loss += weighted
 
             consecutive_nonfinite = 0
             accumulated = False  # gradients waiting for an optimizer step

@@ -223,6 +223,18 @@ def test_evaluate_counts_every_sample():
     assert out["val/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
 
 
+def test_evaluate_over_more_batches_than_it_holds_at_once():
+    model, _, _ = toy_problem()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1100, 1, 2, 2, generator=g)
+    y = torch.randint(0, 2, (1100,), generator=g)
+    out = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=1), torch.device("cpu"))  # 1100 batches
+    with torch.no_grad():
+        logits = model(x)
+    assert out["val/acc"] == (logits.argmax(1) == y).sum().item() / 1100
+    assert out["val/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+
+
 def test_bad_interval_is_refused():
     model, loader, val = toy_problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
