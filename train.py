@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import harness
-from harness.distributed import broadcast_object, world
+from harness.distributed import broadcast_object, setup, world
 from harness.errors import HarnessError, Interrupted
 from harness.experiment import register_resolvers
 from harness.sweep import write_result
@@ -102,11 +102,7 @@ def main(cfg: DictConfig) -> float:
 
 def _share_run_stamp() -> None:
     """Fixes this launch's start time; under torchrun, rank 0's, so all ranks name one run directory."""
-    if world().size > 1:
-        import torch.distributed as dist
-
-        # Joined before Hydra picks the run directory; build() finds the group already there.
-        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    setup()  # joins torchrun's process group before Hydra picks the run directory
     os.environ.setdefault("HARNESS_RUN_STAMP", broadcast_object(datetime.now().isoformat()))
 
 

@@ -5,8 +5,7 @@ The loop (:mod:`harness.loop`), schedulers, data and models take plain values an
 work without Hydra.
 """
 
-__version__ = "0.1.0"  # before the import below: experiment.py records it in every checkpoint
-
-from harness.experiment import run  # noqa: E402
+from harness.experiment import run
+from harness.version import __version__
 
 __all__ = ["run", "__version__"]

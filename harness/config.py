@@ -1,33 +1,26 @@
 """Checks a composed config before anything is built, so a wrong value fails in one line, up front.
 
 Each message names the key, its value and what is allowed, e.g.
-``scheduler.warmup_epochs=60 must be < scheduler.total_epochs=50``. Keys the harness reads itself are
-required; knobs of swappable components (``optimizer.lr``, ``scheduler.warmup_epochs``, ...) are checked
-when the chosen option has them, and the component's own constructor checks the rest.
+``scheduler.warmup_epochs=60 must be < scheduler.total_epochs=50``. The ``trainer`` group is checked by
+its schema, :class:`harness.loop.TrainerConfig`; other keys the harness reads itself are required; knobs of
+swappable components (``optimizer.lr``, ``scheduler.warmup_epochs``, ...) are checked when the chosen option
+has them, and the component's own constructor checks the rest.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import ConfigError
+from harness.loop import MONITORABLE, TrainerConfig
 
-__all__ = ["validate", "better_direction", "MONITORABLE"]
-
-MONITORABLE = ("val/acc", "val/loss", "train/loss")  # the metrics every epoch produces
-
-
-def better_direction(metric: str) -> str:
-    """``"min"`` for a loss, ``"max"`` for anything else (accuracies)."""
-    return "min" if metric.rsplit("/", 1)[-1].endswith("loss") else "max"
+__all__ = ["validate", "trainer_config"]
 
 _MISSING = object()
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def _get(cfg: DictConfig, key: str, *, required: bool = True) -> Any:
@@ -68,8 +61,27 @@ def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raises :class:`ConfigError` for the first wrong value in ``cfg``.
+def trainer_config(cfg: DictConfig) -> TrainerConfig:
+    """The ``trainer`` group as its schema, :class:`TrainerConfig`.
+
+    Raises:
+        ConfigError: a key that is not a trainer setting, or a value out of its bounds.
+    """
+    node = _get(cfg, "trainer")
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if not isinstance(values, dict):
+        raise ConfigError(f"trainer={values!r} must be a group of settings, e.g. trainer.max_epochs=30")
+    unknown = sorted(set(values) - set(TrainerConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"trainer.{unknown[0]} is not a trainer setting; see conf/trainer/default.yaml for those there are")
+    try:
+        return TrainerConfig(**values)
+    except ValueError as e:
+        raise ConfigError(f"trainer.{e}") from e
+
+
+def validate(cfg: DictConfig) -> TrainerConfig:
+    """Raises :class:`ConfigError` for the first wrong value in ``cfg``; returns the trainer settings.
 
     Args:
         cfg: the composed config (``conf/config.yaml`` plus overrides).
@@ -79,28 +91,11 @@ def validate(cfg: DictConfig) -> None:
         key = sorted(missing)[0]
         raise ConfigError(f"{key} is not set (???); pass it on the command line: {key}=VALUE")
     _integer(cfg, "seed", 0)
-    max_epochs = _integer(cfg, "trainer.max_epochs", 1)
-    _integer(cfg, "trainer.log_every_n_steps", 1)
-    _number(cfg, "trainer.grad_clip", 0.0)
-    device = _get(cfg, "trainer.device")
-    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
-        raise ConfigError(f"trainer.device={device!r} must be auto, cpu, cuda or cuda:N")
-
-    _choice(cfg, "trainer.monitor", MONITORABLE)
-    _choice(cfg, "trainer.monitor_mode", ("max", "min"))
-    _choice(cfg, "trainer.on_nonfinite", ("stop", "skip_batch"))
-    _integer(cfg, "trainer.nonfinite_patience", 1)
-    _integer(cfg, "trainer.num_threads", 0)
-    _integer(cfg, "trainer.accumulate_grad_batches", 1)
-    _integer(cfg, "trainer.checkpoint_every_n_epochs", 0)
-    _number(cfg, "trainer.checkpoint_min_interval_s", 0.0)
-    precision = _get(cfg, "trainer.precision")
-    if str(precision) not in ("32", "bf16", "16-mixed"):
-        raise ConfigError(f"trainer.precision={precision!r} must be one of 32, bf16, 16-mixed")
-    for key, required in (("trainer.progress_bar", True), ("trainer.compile", True), ("data.on_device", False)):
-        value = _get(cfg, key, required=required)
-        if value is not _MISSING and not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} must be true or false")
+    trainer = trainer_config(cfg)
+    max_epochs = trainer.max_epochs
+    value = _get(cfg, "data.on_device", required=False)
+    if value is not _MISSING and not isinstance(value, bool):
+        raise ConfigError(f"data.on_device={value!r} must be true or false")
     metric = _get(cfg, "optimized_metric")
     if metric not in MONITORABLE:
         raise ConfigError(
@@ -133,3 +128,4 @@ def validate(cfg: DictConfig) -> None:
                 raise ConfigError(f"scheduler.min_lr={min_lr!r} must be a number >= 0 (or a list, one per param group)")
             if lr is not None and floor > lr:
                 raise ConfigError(f"scheduler.min_lr={floor!r} must be <= optimizer.lr={lr!r}")
+    return trainer

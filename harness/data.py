@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from harness.errors import DataError
 
@@ -28,6 +28,7 @@ __all__ = [
     "imagefolder",
     "make_loaders",
     "TensorLoader",
+    "set_epoch",
 ]
 
 
@@ -60,23 +61,14 @@ def _seeded_split(n: int, val_fraction: float, split_seed: int) -> tuple[torch.T
 
 
 def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled digits as ``(images (N, 1, 8, 8) float32, labels (N,) int64)``.
-
-    Read straight from the CSV that ships inside the scikit-learn wheel (what ``load_digits`` reads),
-    without importing scikit-learn, which would add most of a second to every start-up.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or spec.origin is None:
-        raise DataError("the digits data set needs scikit-learn: pip install scikit-learn")
-    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    """scikit-learn's bundled digits as ``(images (N, 1, 8, 8) float32, labels (N,) int64)``."""
     try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.float32)
-    except OSError as e:
-        raise DataError(f"cannot read scikit-learn's bundled digits at {path} ({e}); reinstall scikit-learn") from e
-    x = torch.from_numpy(table[:, :-1].reshape(-1, 1, 8, 8).copy())
-    return x, torch.from_numpy(table[:, -1].astype(np.int64))
+        from sklearn.datasets import load_digits  # imported here: only runs on digits pay for scikit-learn
+    except ImportError as e:
+        raise DataError("the digits data set needs scikit-learn: pip install scikit-learn") from e
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1)
+    return x, torch.as_tensor(bunch.target, dtype=torch.int64)
 
 
 def digits(val_fraction: float = 0.2, split_seed: int = 0) -> DataSplits:
@@ -216,12 +208,19 @@ def imagefolder(root: str, image_size: int = 64, val_fraction: float = 0.2, spli
 EVAL_BATCH_ON_DEVICE = 1024  # validation batch of the on-device path, at least the training batch
 
 
+def set_epoch(loader, epoch: int) -> None:
+    """Tells ``loader`` (a :class:`TensorLoader`) or its sampler (a ``DistributedSampler``) which epoch starts,
+    so its shuffle is a function of the seed and the epoch alone."""
+    for part in (loader, getattr(loader, "sampler", None)):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+
+
 class TensorLoader:
     """Batches of in-memory tensors kept on the training device and shuffled there: no workers, no copies.
 
-    Iterates like a ``DataLoader`` (``len``, ``generator``, batches of ``(x, y)``). The shuffle is drawn from
-    ``generator`` on the CPU, so its state can be saved and restored for exact resume; a shuffled batch is
-    gathered with ``index_select``, an unshuffled one is a slice (a view, no copy). With
+    Iterates like a ``DataLoader`` (``len``, batches of ``(x, y)``). Like ``DistributedSampler``, the shuffle
+    of an epoch is drawn from ``seed + epoch`` (see :meth:`set_epoch`), so a resumed run replays it. With
     ``world_size > 1`` each process takes every ``world_size``-th sample of the shuffled order, so the
     processes' batches together are the batch one process would see with ``batch_size * world_size``.
 
@@ -229,35 +228,32 @@ class TensorLoader:
         tensors: equally long tensors, e.g. ``(inputs, labels)``.
         batch_size: samples per batch (per process).
         shuffle: reshuffle every epoch.
-        generator: draws the shuffle; required with ``shuffle``.
+        seed: seeds the shuffle.
         device: where the tensors live.
         rank, world_size: this process's share of a distributed run.
         pad: with ``world_size > 1``, repeat samples so every process gets as many batches (training);
             without it the shares are disjoint and may differ by one sample (evaluation).
     """
 
-    def __init__(self, tensors, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+    def __init__(self, tensors, batch_size: int, shuffle: bool = False, seed: int = 0,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, pad: bool = True) -> None:
-        if shuffle and generator is None:
-            raise ValueError("a shuffled TensorLoader needs a generator")
         self.tensors = [t.to(device) for t in tensors]
-        self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.device, self.rank, self.world_size, self.pad = torch.device(device), rank, world_size, pad
         n = len(self.tensors[0])
         self.samples = -(-n // world_size) if pad else len(range(rank, n, world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose shuffle the next iteration draws."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return -(-self.samples // self.batch_size)
 
     def __iter__(self):
         n = len(self.tensors[0])
-        if not self.shuffle and not (self.pad and self.world_size > 1):
-            # in order and disjoint: every batch is a slice, a view with no copy
-            shares = [t[self.rank :: self.world_size] for t in self.tensors]
-            for start in range(0, self.samples, self.batch_size):
-                yield tuple([t[start : start + self.batch_size] for t in shares])
-            return
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         if self.world_size > 1:
             if self.pad:
                 order = order.repeat(-(-self.samples * self.world_size // n))[: self.samples * self.world_size]
@@ -265,7 +261,7 @@ class TensorLoader:
         order = order.to(self.device)
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            yield tuple([t.index_select(0, index) for t in self.tensors])  # half the cost of t[index]
+            yield tuple(t[index] for t in self.tensors)
 
 
 def _as_tensors(dataset: Dataset) -> tuple[torch.Tensor, ...]:
@@ -300,10 +296,9 @@ def make_loaders(
         device: the training device.
         rank, world_size: this process's share of a distributed (torchrun) run.
     """
-    generator = torch.Generator().manual_seed(seed)
     if on_device:
         common = dict(batch_size=batch_size, device=device, rank=rank, world_size=world_size)
-        train = TensorLoader(_as_tensors(splits.train), shuffle=True, generator=generator, **common)
+        train = TensorLoader(_as_tensors(splits.train), shuffle=True, seed=seed, **common)
         # No activations are kept for a backward pass, so evaluation takes bigger bites.
         val = TensorLoader(_as_tensors(splits.val), shuffle=False, pad=False,
                            **{**common, "batch_size": max(batch_size, EVAL_BATCH_ON_DEVICE)})
@@ -313,14 +308,12 @@ def make_loaders(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,  # don't respawn workers every epoch
+        # the workers' seeds come from this generator, not from the global RNG a resume restores
+        generator=torch.Generator().manual_seed(seed),
     )
-    if world_size > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(splits.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        train = DataLoader(splits.train, sampler=sampler, generator=generator, **common)
-        val_share = Subset(splits.val, range(rank, len(splits.val), world_size))  # disjoint: exact metrics
-        return train, DataLoader(val_share, shuffle=False, **common)
-    train = DataLoader(splits.train, shuffle=True, generator=generator, **common)
-    val = DataLoader(splits.val, shuffle=False, **common)
-    return train, val
+    # DistributedSampler in one process too: its shuffle is a function of seed and epoch (set_epoch), so a
+    # resumed run replays an epoch's order without saving a generator's state.
+    sampler = DistributedSampler(splits.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    train = DataLoader(splits.train, sampler=sampler, **common)
+    val_share = Subset(splits.val, range(rank, len(splits.val), world_size)) if world_size > 1 else splits.val
+    return train, DataLoader(val_share, shuffle=False, **common)  # disjoint shares: exact metrics

@@ -38,13 +38,17 @@ def world() -> World:
     )
 
 
-def setup(use_cuda: bool) -> World:
-    """Joins the process group (``nccl`` on CUDA, ``gloo`` on CPU) when launched by torchrun."""
+def setup() -> World:
+    """Joins the process group when launched by torchrun (once; later calls only return the world).
+
+    One group serves CPU and CUDA tensors (``gloo`` and ``nccl``), so it can be joined before the config
+    has picked the device: ``train.py`` joins it first thing, to agree on one run directory.
+    """
     w = world()
     if w.size > 1 and not dist.is_initialized():
-        if use_cuda:
+        if torch.cuda.is_available():
             torch.cuda.set_device(w.local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     return w
 
 

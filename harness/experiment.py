@@ -1,20 +1,21 @@
 """Builds a run from a composed Hydra config and trains it (the entry layer's core).
 
-Every swappable part is ``hydra.utils.instantiate`` of its config group, finished here with the runtime
-values it needs (the data's shape for the model, the parameters for the optimizer, the optimizer and
-steps per epoch for the scheduler). Keys a group holds for the harness itself, not for its ``_target_``
-(``data.batch_size``, ``scheduler.interval``, ...), are read here and left out of the call.
+Every swappable part is ``hydra.utils.instantiate`` of its config group. A group whose YAML says
+``_partial_: true`` is finished here with the runtime values it needs (the data's shape for the model, the
+parameters for the optimizer, the optimizer and steps per epoch for the scheduler); one without it is built
+as it stands. Keys a group holds for the harness itself, not for its ``_target_`` (``data.batch_size``,
+``scheduler.interval``, ...), are read here and left out of the call.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
 import os
 import random
 import re
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,19 +29,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from harness import __version__
+from harness import distributed
 from harness.checkpoint import Checkpointer, load_checkpoint, resolve_resume, restore_training_state
-from harness.config import better_direction, validate
-from harness.data import TensorLoader, make_loaders
-from harness.distributed import World, setup, teardown, world
-from harness.errors import CheckpointError, ConfigError, HarnessError
-from harness.loop import Progress, fit, unwrap
+from harness.config import validate
+from harness.data import DataSplits, TensorLoader, make_loaders
+from harness.distributed import World, world
+from harness.errors import CheckpointError, ConfigError, HarnessError, TrainingError
+from harness.loggers import TensorBoardLogger
+from harness.loop import TrainerConfig, TrainState, better_direction, fit
 from harness.models import count_parameters
 from harness.signals import StopOnSignal
-from harness.tensorboard import TensorBoardLogger
+from harness.version import __version__
 
-__all__ = ["run", "build", "build_group", "accepts", "Components", "config_changes", "resolve_device",
-           "resume_run_dir", "hydra_subdir", "run_stamp", "register_resolvers", "seed_everything"]
+__all__ = ["run", "build", "build_optimizer", "build_scheduler", "instantiate_group", "accepts", "Components",
+           "config_changes", "resolve_device", "resume_run_dir", "hydra_subdir", "run_stamp", "register_resolvers",
+           "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +77,68 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_group(group: str, node: DictConfig, drop: tuple[str, ...] = (), **runtime: Any) -> Any:
-    """Calls ``node``'s ``_target_`` with its other keys (less ``drop``) and the ``runtime`` arguments.
+def _config_error(group: str, spec: dict, error: Exception) -> ConfigError:
+    """A constructor's error as one line naming the group; "dropout=2 must be ..." becomes "model.dropout=2 ..."."""
+    message = " ".join(str(error).split())
+    named = next((key for key in spec if re.match(rf"{re.escape(str(key))}\b", message)), None)
+    return ConfigError(f"{group}.{message}" if named else f"{group}: {message}")
 
-    A constructor's ``ValueError``/``TypeError`` about its arguments becomes a one-line
-    :class:`ConfigError` naming the group.
+
+def instantiate_group(group: str, node: DictConfig, drop: tuple[str, ...] = (), **runtime: Any) -> Any:
+    """Builds ``node``'s ``_target_`` from its keys (less the harness's own keys ``drop``); a partial (the YAML
+    says ``_partial_: true``) is then called with the ``runtime`` arguments.
+
+    Raises:
+        ConfigError: the target can't be found, or refuses its arguments (one line, naming the group).
+        HarnessError: the target's own (a missing data set, say).
     """
     spec = OmegaConf.to_container(node, resolve=True)
     for key in drop:
         spec.pop(key, None)
     try:
-        # Always a partial, so errors raised by the target itself surface here unwrapped.
-        return instantiate(spec, _partial_=True, _convert_="all")(**runtime)
+        built = instantiate(spec, _convert_="all")
+        return built(**runtime) if isinstance(built, functools.partial) else built
+    except InstantiationException as e:
+        cause = e.__cause__  # what the target itself raised, if it got that far
+        if isinstance(cause, HarnessError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
+            raise _config_error(group, spec, cause) from e
+        raise ConfigError(f"{group}: {str(e).splitlines()[0]}") from e
     except HarnessError:
         raise
-    except InstantiationException as e:
-        raise ConfigError(f"{group}: {str(e).splitlines()[0]}") from e
     except (ValueError, TypeError) as e:
-        # Constructors here name their argument first ("dropout=2 must be ..."): make it the config key.
-        message = str(e)
-        named = next((key for key in spec if re.match(rf"{re.escape(str(key))}\b", message)), None)
-        raise ConfigError(f"{group}.{message}" if named else f"{group}: {message}") from e
+        raise _config_error(group, spec, e) from e
+
+
+def accepts(target: str) -> set[str]:
+    """The keyword names ``target`` accepts; empty when it can't be found (``instantiate_group`` then says why)."""
+    try:
+        return set(inspect.signature(hydra.utils.get_object(target)).parameters)
+    except Exception:
+        return set()
+
+
+def _require_partial(group: str, node: DictConfig, what: str) -> None:
+    if not node.get("_partial_", False):
+        raise ConfigError(f"{group}: its YAML needs `_partial_: true`, since the harness passes {what} at run time")
+
+
+def build_optimizer(node: DictConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    """The ``optimizer`` group with the model's ``params``; torch's fused kernels on CUDA where the class has
+    them and the config does not choose."""
+    _require_partial("optimizer", node, "the model's parameters")
+    fused = device.type == "cuda" and "fused" not in node and "fused" in accepts(node._target_)
+    return instantiate_group("optimizer", node, params=params, **({"fused": True} if fused else {}))
+
+
+def build_scheduler(node: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """The ``scheduler`` group on ``optimizer``. Ours and ``OneCycleLR`` take ``steps_per_epoch`` (pass 1 with
+    ``interval: epoch``); torch's ``StepLR`` and the like count in scheduler steps and don't."""
+    _require_partial("scheduler", node, "the optimizer")
+    takes_steps = "steps_per_epoch" in accepts(node._target_)
+    return instantiate_group("scheduler", node, drop=SCHEDULER_KEYS, optimizer=optimizer,
+                             **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}))
 
 
 @dataclass
@@ -102,6 +146,7 @@ class Components:
     """Everything a run trains with, built from the config and ready for :func:`harness.loop.fit`."""
 
     model: torch.nn.Module  # what the loop calls: possibly compiled and/or wrapped in DDP
+    module: torch.nn.Module  # the plain module under those wrappers, whose state dict checkpoints hold
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_loader: DataLoader | TensorLoader
@@ -110,84 +155,64 @@ class Components:
     interval: str
     scaler: torch.amp.GradScaler
     world: World
+    trainer: TrainerConfig
 
 
 def _compile(model: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile(model)``, or ``model`` with a warning where compiling can't work here."""
     try:
-        import torch._dynamo
-
-        if not torch._dynamo.is_dynamo_supported():
-            raise RuntimeError("TorchDynamo does not support this Python or platform")
         return torch.compile(model)
     except Exception as e:  # compile support varies by platform; training must not depend on it
         log.warning("trainer.compile=true skipped: %s", " ".join(str(e).split())[:200])
         return model
 
 
-def accepts(target: str) -> set[str]:
-    """The keyword names ``target`` accepts; empty when it can't be found (``build_group`` then says why)."""
-    try:
-        return set(inspect.signature(hydra.utils.get_object(target)).parameters)
-    except Exception:
-        return set()
+def build(cfg: DictConfig, trainer: TrainerConfig | None = None) -> Components:
+    """Seeds every generator and builds data, model, optimizer and scheduler from ``cfg``.
 
-
-def _fused_kwargs(node: DictConfig, device: torch.device) -> dict[str, bool]:
-    """``fused=True`` for a torch optimizer that offers it, on CUDA, unless the config chose."""
-    if device.type != "cuda" or "fused" in node:
-        return {}
-    return {"fused": True} if "fused" in accepts(node._target_) else {}
-
-
-def build(cfg: DictConfig) -> Components:
-    """Validates ``cfg``, seeds every generator, and builds data, model, optimizer and scheduler.
-
-    Under torchrun the process joins the process group, takes its share of the data and wraps the
-    model in ``DistributedDataParallel``.
+    Validates ``cfg`` first unless given the ``trainer`` settings :func:`harness.config.validate` returned.
+    Under torchrun the process joins the process group, takes its share of the data and wraps the model
+    in ``DistributedDataParallel``.
 
     Raises:
         HarnessError: a wrong config value or a missing data set.
     """
-    validate(cfg)
-    device = resolve_device(cfg.trainer.device)
-    w = setup(use_cuda=device.type == "cuda")
+    trainer = trainer if trainer is not None else validate(cfg)
+    device = resolve_device(trainer.device)
+    w = distributed.setup()
     if w.size > 1 and device.type == "cuda":
         device = torch.device("cuda", w.local_rank)  # one device per local rank
-    if str(cfg.trainer.precision) == "16-mixed" and device.type != "cuda":
+        torch.cuda.set_device(device)
+    if trainer.precision == "16-mixed" and device.type != "cuda":
         raise ConfigError(f"trainer.precision=16-mixed needs CUDA (the device is {device}); use bf16 on a CPU")
     seed_everything(cfg.seed)
 
-    splits = build_group("data", cfg.data, drop=DATA_LOADER_KEYS)
+    splits = instantiate_group("data", cfg.data, drop=DATA_LOADER_KEYS)
+    if not isinstance(splits, DataSplits):
+        raise ConfigError(f"data: {cfg.data._target_} returned {type(splits).__name__}, not harness.data.DataSplits")
     train_loader, val_loader = make_loaders(
         splits, cfg.data.batch_size, cfg.data.num_workers, seed=cfg.seed, pin_memory=device.type == "cuda",
         on_device=cfg.data.get("on_device", False), device=device, rank=w.rank, world_size=w.size,
     )
-    model = build_group("model", cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes).to(device)
-    fused = _fused_kwargs(cfg.optimizer, device)
-    optimizer = build_group("optimizer", cfg.optimizer, params=model.parameters(), **fused)
+    module = instantiate_group("model", cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    module = module.to(device)
+    optimizer = build_optimizer(cfg.optimizer, module.parameters(), device)
     interval = cfg.scheduler.interval
-    accumulate = cfg.trainer.accumulate_grad_batches
-    steps_per_epoch = math.ceil(len(train_loader) / accumulate) if interval == "step" else 1
-    # Ours and OneCycleLR take steps_per_epoch; torch's StepLR and the like count in scheduler steps.
-    takes_steps = "steps_per_epoch" in accepts(cfg.scheduler._target_)
-    scheduler = build_group(
-        "scheduler", cfg.scheduler, drop=SCHEDULER_KEYS, optimizer=optimizer,
-        **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}),
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=str(cfg.trainer.precision) == "16-mixed")
+    steps_per_epoch = math.ceil(len(train_loader) / trainer.accumulate_grad_batches) if interval == "step" else 1
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "16-mixed")
     log.info(
         "%s (%d parameters) on %s%s: %d train / %d val samples, %d batches per epoch",
-        type(model).__name__, count_parameters(model), device, f" (rank {w.rank} of {w.size})" if w.size > 1 else "",
+        type(module).__name__, count_parameters(module), device, f" (rank {w.rank} of {w.size})" if w.size > 1 else "",
         len(splits.train), len(splits.val), len(train_loader),
     )
-    if cfg.trainer.compile:
-        model = _compile(model)
+    model = _compile(module) if trainer.compile else module
     if w.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return Components(model, optimizer, scheduler, train_loader, val_loader, device, interval, scaler, w)
+    return Components(model, module, optimizer, scheduler, train_loader, val_loader, device, interval, scaler, w,
+                      trainer)
 
 
 def resume_run_dir(resume: str | None, default: str) -> str:
@@ -297,9 +322,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         HarnessError: a wrong config value, a missing data set or checkpoint, a non-finite loss, or a stop
             requested by SIGINT/SIGTERM (:class:`harness.errors.Interrupted`).
     """
-    validate(cfg)
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    trainer = validate(cfg)
+    if trainer.num_threads:
+        torch.set_num_threads(trainer.num_threads)
     resume_from = resolve_resume(cfg.resume, run_dir)
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     existing = Path(run_dir) / "checkpoints" / "last.pt"
@@ -308,69 +333,49 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             f"{run_dir} already holds a run ({existing}); pass resume=auto to continue it, "
             "or choose another directory (hydra.run.dir=...) to start a new one"
         )
-    if checkpoint is not None and checkpoint["progress"]["epoch"] >= cfg.trainer.max_epochs:
+    if checkpoint is not None and checkpoint["train_state"]["epoch"] >= trainer.max_epochs:
         log.info("%s: %d epochs already trained (trainer.max_epochs=%d), nothing to do",
-                 resume_from, checkpoint["progress"]["epoch"], cfg.trainer.max_epochs)
-        return checkpoint.get("metrics", {})
-    c = build(cfg)
+                 resume_from, checkpoint["train_state"]["epoch"], trainer.max_epochs)
+        return checkpoint["train_state"].get("metrics", {})
+    c = build(cfg, trainer)
     try:
-        return _train(cfg, c, run_dir, checkpoint, resume_from)
+        return _train(cfg, c, Path(run_dir), checkpoint, resume_from)
     finally:
-        teardown()
+        distributed.teardown()
 
 
-def _train(cfg: DictConfig, c: Components, run_dir: str | Path, checkpoint: dict | None,
+def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | None,
            resume_from: Path | None) -> dict[str, float]:
     config = OmegaConf.to_container(cfg, resolve=True)
-    progress, rng, best = Progress(), None, None
+    state = TrainState()
     if checkpoint is not None:
         _check_resumable(checkpoint, config, c)
-        restore_training_state(checkpoint, unwrap(c.model), c.optimizer, c.scheduler)
-        if c.scaler.is_enabled() and checkpoint.get("scaler"):
-            c.scaler.load_state_dict(checkpoint["scaler"])
-        progress, rng, best = Progress(**checkpoint["progress"]), checkpoint["rng"], checkpoint.get("best")
-        log.info("resuming from %s at epoch %d, step %d", resume_from, progress.epoch, progress.step)
-
+        state = restore_training_state(checkpoint, c.module, c.optimizer, c.scheduler, c.scaler)
+        old = checkpoint.get("config", {}).get("trainer", {})
+        if (old.get("monitor"), old.get("monitor_mode")) != (c.trainer.monitor, c.trainer.monitor_mode):
+            state.best, state.best_epoch = None, 0  # a best of another metric is no best of this one
+        log.info("resuming from %s at epoch %d, step %d", resume_from, state.epoch, state.step)
     main = c.world.is_main  # only rank 0 writes TensorBoard, checkpoints and the progress bar
     if not main:
         logging.getLogger("harness").setLevel(logging.WARNING)
-    checkpointer = Checkpointer(
-        Path(run_dir) / "checkpoints",
-        monitor=cfg.trainer.monitor,
-        mode=cfg.trainer.monitor_mode,
-        extra={"config": config, "harness_version": __version__, "steps_per_epoch": len(c.train_loader)},
-        best=best,
-    ) if main else None
-    purge_step = progress.step + 1 if checkpoint is not None else None
-    with (TensorBoardLogger(run_dir, purge_step=purge_step) if main else nullcontext()) as logger, \
-            (checkpointer or nullcontext()), StopOnSignal() as stop:
+    extra = {"config": config, "harness_version": __version__, "steps_per_epoch": len(c.train_loader)}
+    checkpointer = Checkpointer(run_dir / "checkpoints", c.module, c.optimizer, c.scheduler, c.scaler, extra,
+                                latest=str(resume_from) if resume_from else None) if main else None
+    logger = TensorBoardLogger(run_dir, purge_step=state.step + 1 if checkpoint else None) if main else None
+    trainer = c.trainer if main else TrainerConfig(**{**vars(c.trainer), "progress_bar": False})
+    try:
+        with StopOnSignal() as stop:
+            if logger is not None:
+                logger.log_hparams(_flatten(config), metric_tags=["val/acc", "val/loss", "train/epoch_loss"])
+            metrics = fit(c.model, c.optimizer, c.scheduler, c.train_loader, c.val_loader, trainer, device=c.device,
+                          interval=c.interval, scaler=c.scaler, logger=logger,
+                          save=checkpointer.save if checkpointer else None, stop=stop, state=state)
+    except TrainingError as e:
+        latest = checkpointer.latest if checkpointer else None
+        raise TrainingError(f"{e}; {f'last good checkpoint: {latest}' if latest else 'no checkpoint yet'}") from e
+    finally:
         if logger is not None:
-            logger.log_hparams(_flatten(config), metric_tags=["val/acc", "val/loss", "train/epoch_loss"])
-        metrics = fit(
-            c.model,
-            c.optimizer,
-            c.scheduler,
-            c.train_loader,
-            c.val_loader,
-            max_epochs=cfg.trainer.max_epochs,
-            device=c.device,
-            interval=c.interval,
-            log_every_n_steps=cfg.trainer.log_every_n_steps,
-            grad_clip=cfg.trainer.grad_clip,
-            accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
-            checkpoint_every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
-            checkpoint_min_interval_s=cfg.trainer.checkpoint_min_interval_s,
-            precision=str(cfg.trainer.precision),
-            scaler=c.scaler,
-            on_nonfinite=cfg.trainer.on_nonfinite,
-            nonfinite_patience=cfg.trainer.nonfinite_patience,
-            logger=logger,
-            checkpointer=checkpointer,
-            stop=stop,
-            progress=progress,
-            rng=rng,
-            progress_bar=cfg.trainer.progress_bar and main,
-        )
+            logger.close()
     log.info("final: %s", "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    log.info("run directory: %s", Path(run_dir).resolve())
+    log.info("run directory: %s", run_dir.resolve())
     return metrics

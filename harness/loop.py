@@ -5,75 +5,96 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from harness.checkpoint import Checkpointer, capture_rng, loader_rng_state, restore_rng
+from harness.data import set_epoch
 from harness.distributed import any_rank, is_distributed, sum_over_ranks
 from harness.errors import Interrupted, TrainingError
-from harness.signals import StopOnSignal
+from harness.loggers import Logger
 
-__all__ = ["fit", "evaluate", "autocast", "unwrap", "Logger", "Progress"]
+__all__ = ["TrainerConfig", "TrainState", "fit", "evaluate", "MONITORABLE", "better_direction"]
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
+SaveFn = Callable[["TrainState", bool], str]  # save(state, is_best) -> a description of what was written
 
 AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
-_NO_AUTOCAST = nullcontext()  # reusable, unlike torch.autocast
-EPOCH_LINES_EVERY_S = 0.5  # shortest time between two writes of epoch log lines
+MONITORABLE = ("val/acc", "val/loss", "train/loss")  # the metrics every epoch produces
 
 
-def _weighted_losses(losses: list[torch.Tensor], sizes: list[int]) -> list[float]:
-    """``loss * batch size`` for each kept per-batch loss, brought to the host with one stack and one copy
-    (the only sync); empties both lists."""
-    weighted = [value * n for value, n in zip(torch.stack(losses).tolist(), sizes)] if losses else []
-    losses.clear()
-    sizes.clear()
-    return weighted
+def better_direction(metric: str) -> str:
+    """``"min"`` for a loss, ``"max"`` for anything else (accuracies)."""
+    return "min" if metric.rsplit("/", 1)[-1].endswith("loss") else "max"
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context for ``precision``: ``32`` (none), ``bf16`` or ``16-mixed`` (fp16)."""
-    dtype = AUTOCAST_DTYPES[precision]
-    # no torch.autocast for fp32: building a disabled one costs more than a tiny model's step
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else _NO_AUTOCAST
+def _integer(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under ``DistributedDataParallel`` and ``torch.compile`` wrappers (for state dicts)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
-
-
-class Logger(Protocol):
-    """Anything with ``log(metrics, step)``, e.g. :class:`harness.tensorboard.TensorBoardLogger`."""
-
-    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} must be one of {', '.join(allowed)}")
 
 
 @dataclass
-class Progress:
-    """Where training stands; with the model, optimizer, scheduler and RNG state, enough to go on exactly.
+class TrainerConfig:
+    """The loop's settings: the ``trainer`` config group, one field per key, checked when made.
+
+    ``fit`` reads all of them but ``device``, ``compile`` and ``num_threads``, which the entry layer
+    uses to build the run (``fit`` takes the ``torch.device`` itself).
+    """
+
+    max_epochs: int = 30  # epochs to train
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    log_every_n_steps: int = 10  # optimizer steps between train/loss and lr points
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+    accumulate_grad_batches: int = 1  # batches whose gradients add up to one optimizer step
+    precision: str = "32"  # 32, bf16 or 16-mixed
+    compile: bool = False  # torch.compile the model
+    progress_bar: bool = True  # a progress bar per epoch (terminals only)
+    checkpoint_every_n_epochs: int = 1  # epochs between last.pt writes; 0 = only at the end, stops, new bests
+    monitor: str = "val/acc"  # the metric that picks best.pt
+    monitor_mode: str = "max"  # max or min: which direction of the monitored metric is better
+    on_nonfinite: str = "stop"  # NaN/inf loss: stop, or skip_batch
+    nonfinite_patience: int = 10  # with skip_batch: stop after this many non-finite batches in a row
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        self.precision = str(self.precision)  # `trainer.precision=32` arrives as an int
+        for name, minimum in (("max_epochs", 1), ("log_every_n_steps", 1), ("accumulate_grad_batches", 1),
+                              ("checkpoint_every_n_epochs", 0), ("nonfinite_patience", 1), ("num_threads", 0)):
+            _integer(name, getattr(self, name), minimum)
+        clip = self.grad_clip
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip >= 0 or math.isinf(clip):
+            raise ValueError(f"grad_clip={clip!r} must be a number >= 0")
+        _choice("precision", self.precision, tuple(AUTOCAST_DTYPES))
+        _choice("monitor", self.monitor, MONITORABLE)
+        _choice("monitor_mode", self.monitor_mode, ("max", "min"))
+        _choice("on_nonfinite", self.on_nonfinite, ("stop", "skip_batch"))
+        for name in ("compile", "progress_bar"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:") and self.device[5:].isdigit()
+        ):
+            raise ValueError(f"device={self.device!r} must be auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class TrainState:
+    """Where training stands; with the model, optimizer, scheduler and RNG states, enough to go on exactly.
 
     ``batch`` is non-zero only in a checkpoint written mid-epoch (on SIGINT/SIGTERM): the loop then
     replays that epoch's shuffle and skips the batches already trained.
@@ -87,368 +108,261 @@ class Progress:
     window_loss: float = 0.0  # sum of loss * batch size since the last train/loss point
     window_samples: int = 0  # samples since the last train/loss point
     skipped: int = 0  # non-finite batches skipped so far (on_nonfinite="skip_batch")
+    best: float | None = None  # best value of the monitored metric so far
+    best_epoch: int = 0  # the epoch that reached it
+    metrics: dict[str, float] = field(default_factory=dict)  # the last finished epoch's metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> TrainState:
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+    def improves(self, value: float, mode: str) -> bool:
+        """Whether ``value`` of the monitored metric beats the best so far."""
+        return self.best is None or (value > self.best if mode == "max" else value < self.best)
+
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    dtype = AUTOCAST_DTYPES[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    loss_fn: LossFn = F.cross_entropy,
-    precision: str = "32",
-) -> dict:
-    """Mean loss and accuracy of ``model`` over ``loader`` (summed over all processes in a distributed run).
+def evaluate(model: nn.Module, loader, device: torch.device, loss_fn: LossFn = F.cross_entropy,
+             precision: str = "32") -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` over ``loader`` (over all processes in a distributed run).
 
-    Each batch's loss and count of correct predictions stay on the device; they come to the host
-    together at the end (and every 1024 batches), where the sums go on in Python (float64 and int).
+    The sums stay on the device until the end: one host-device sync per evaluation.
 
     Returns:
         ``{"val/loss": float, "val/acc": float}``.
     """
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    losses: list[torch.Tensor] = []
-    hits: list[torch.Tensor] = []
-    sizes: list[int] = []
-
-    def add_up() -> None:
-        nonlocal loss_sum, correct
-        if hits:
-            correct += int(torch.stack(hits).sum())
-            hits.clear()
-            for weighted in _weighted_losses(losses, sizes):
-                loss_sum += weighted
-
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * batch size, correct predictions
+    seen = 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, precision):
+        with _autocast(device, precision):
             logits = model(x)
             loss = loss_fn(logits, y)
-        losses.append(loss)
-        hits.append((logits.argmax(dim=1) == y).sum())
-        sizes.append(y.shape[0])  # not len(y): Tensor.__len__ is Python, shape is not
+        sums[0] += loss.double() * y.shape[0]
+        sums[1] += (logits.argmax(dim=1) == y).sum()
         seen += y.shape[0]
-        if len(losses) == 1024:
-            add_up()  # bounded memory however long the validation set
-    add_up()
-    loss_sum, correct, seen = sum_over_ranks([loss_sum, correct, seen], device)
+    loss_sum, correct, seen = sum_over_ranks([*sums.tolist(), seen], device)
     if seen == 0:
         raise ValueError("the validation loader is empty")
     return {"val/loss": loss_sum / seen, "val/acc": correct / seen}
+
+
+def optimizer_step(model: nn.Module, optimizer: Optimizer, scaler: torch.amp.GradScaler, grad_clip: float) -> bool:
+    """Clips, steps and zeroes the gradients; ``False`` when the fp16 scaler skipped the step (inf grads)."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)  # a no-op without fp16
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if not scaler.is_enabled():
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return True
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return scaler.get_scale() >= scale  # the scaler lowers its scale when it skips a step
+
+
+class NonFinitePolicy:
+    """``trainer.on_nonfinite``: ``stop`` raises on a NaN/inf loss (checked where the loss reaches the host
+    anyway); ``skip_batch`` looks at every batch's loss (a host sync), drops non-finite ones and stops
+    after ``patience`` in a row."""
+
+    def __init__(self, mode: str, patience: int, state: TrainState) -> None:
+        self.skip_batches, self.patience, self.state, self.in_a_row = mode == "skip_batch", patience, state, 0
+
+    def check(self, value: float, what: str) -> None:
+        """Raises :class:`TrainingError` if ``value`` (a loss on the host) is not finite."""
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"{what} is {value} at epoch {self.state.epoch + 1}, step {self.state.step}. Lower "
+                f"optimizer.lr, set trainer.grad_clip (e.g. 1.0) or trainer.on_nonfinite=skip_batch, or check the data"
+            )
+
+    def skips(self, loss: torch.Tensor) -> bool:
+        """With ``skip_batch``: whether this batch's loss is non-finite and the batch is to be skipped."""
+        if not self.skip_batches:
+            return False
+        if torch.isfinite(loss).item():
+            self.in_a_row = 0
+            return False
+        self.state.skipped += 1
+        self.in_a_row += 1
+        log.warning("non-finite loss at epoch %d, batch %d: batch skipped (%d so far)",
+                    self.state.epoch + 1, self.state.batch, self.state.skipped)
+        if self.in_a_row >= self.patience:
+            self.check(loss.item(), f"the loss of {self.in_a_row} batches in a row")
+        return True
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s" if seconds < 60 else (
+        f"{int(seconds // 60)}m{seconds % 60:02.0f}s")
 
 
 def fit(
     model: nn.Module,
     optimizer: Optimizer,
     scheduler: LRScheduler,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
+    train_loader,
+    val_loader,
+    config: TrainerConfig,
     *,
-    max_epochs: int,
     device: torch.device,
     interval: str = "epoch",
-    log_every_n_steps: int = 10,
-    grad_clip: float = 0.0,
-    accumulate_grad_batches: int = 1,
-    checkpoint_every_n_epochs: int = 1,
-    checkpoint_min_interval_s: float = 1.0,
-    precision: str = "32",
-    scaler: torch.amp.GradScaler | None = None,
-    on_nonfinite: str = "stop",
-    nonfinite_patience: int = 10,
-    logger: Logger | None = None,
-    checkpointer: Checkpointer | None = None,
-    stop: StopOnSignal | None = None,
-    progress: Progress | None = None,
-    rng: Mapping[str, Any] | None = None,
-    progress_bar: bool = True,
     loss_fn: LossFn = F.cross_entropy,
+    scaler: torch.amp.GradScaler | None = None,
+    logger: Logger | None = None,
+    save: SaveFn | None = None,
+    stop=None,
+    state: TrainState | None = None,
 ) -> dict[str, float]:
-    """Trains ``model`` up to ``max_epochs`` epochs and returns the last epoch's metrics.
+    """Trains ``model`` up to ``config.max_epochs`` epochs and returns the last epoch's metrics.
 
     The loop, in order::
 
-        for epoch in range(progress.epoch, max_epochs):
+        for epoch in range(state.epoch, max_epochs):
             for x, y in train_loader (skipping the batches a mid-epoch checkpoint already trained):
-                loss = loss_fn(model(x), y)                 # under autocast for bf16 / 16-mixed
-                non-finite loss: stop, or skip the batch (on_nonfinite; its group then averages the rest)
-                (loss / accumulate_grad_batches).backward()  # scaled by the GradScaler for 16-mixed
-                every accumulate_grad_batches batches (and at the epoch's end):
-                    clip grad norm to grad_clip (if > 0)
-                    optimizer.step(); zero_grad
-                    if the optimizer really stepped (fp16 skips steps with inf grads):
-                        scheduler.step()                    # if interval == "step"
-                        every log_every_n_steps steps: log train/loss (mean since the last point), lr/group<i>
-                    stop requested (SIGINT/SIGTERM on any rank): save last.pt mid-epoch, raise Interrupted
+                loss = loss_fn(model(x), y)                  # under autocast for bf16 / 16-mixed
+                non-finite loss with on_nonfinite=skip_batch: skip the batch (its group averages the rest)
+                (loss / batches in the accumulation group).backward()   # scaled by the GradScaler for fp16
+                at the group's last batch: clip, optimizer.step(), zero_grad (optimizer_step)
+                if the optimizer really stepped (fp16 skips steps with inf grads):
+                    scheduler.step()                         # if interval == "step"
+                    every log_every_n_steps steps: log train/loss (mean since the last point), lr/group<i>
+                    stop requested (SIGINT/SIGTERM): save mid-epoch, raise Interrupted
             evaluate on val_loader; log train/epoch_loss, val/loss, val/acc, epoch at the epoch's last step
-            scheduler.step()                                # if interval == "epoch"
-            save last.pt every checkpoint_every_n_epochs epochs (at most once per checkpoint_min_interval_s)
-            and at the end, and last.pt and best.pt whenever the monitored metric improves
-            log the epoch's line (those of epochs under EPOCH_LINES_EVERY_S go out together, twice a second)
+            scheduler.step()                                 # if interval == "epoch"
+            save every checkpoint_every_n_epochs epochs, at the end, and on a new best of config.monitor
+            log the epoch's line
 
-    x of every logged scalar is the global optimizer step. ``lr/group<i>`` is the LR group ``i`` used
-    for the logged step. Losses stay on the device between logging points: ``.item()`` (a host-device
-    sync) happens only there and at the end of each epoch, except with ``on_nonfinite="skip_batch"`` or
-    fp16 (``16-mixed``), which must look at every step. In a distributed run (torchrun) the logged losses
-    and metrics are over all processes, and only the process given a ``logger``/``checkpointer`` writes;
-    the processes agree on a requested stop at the next logging point (or the epoch's end), where they
-    sync anyway, so the stop is a collective that costs no extra sync per step.
+    x of every logged scalar is the global optimizer step; ``lr/group<i>`` is the LR the logged step used.
+    Loss sums stay on the device between logging points, so a step has no host-device sync, except with
+    ``on_nonfinite=skip_batch`` or fp16, which must look at every step. Under torchrun the logged losses and
+    metrics are over all processes, and the processes agree on a stop where they sync anyway (logging
+    points and the epoch's end); only the process given a ``logger``/``save`` writes.
 
     Args:
         model: the model, already on ``device`` (possibly wrapped in DDP or ``torch.compile``).
-        optimizer: its optimizer.
-        scheduler: the LR scheduler, stepped per ``interval``, only after real optimizer steps.
-        train_loader: training batches ``(x, y)``; its ``generator`` drives the shuffle, and a
-            ``sampler.set_epoch`` (``DistributedSampler``) is called every epoch.
+        optimizer, scheduler: its optimizer and LR scheduler (stepped only after real optimizer steps).
+        train_loader: batches ``(x, y)``; its ``set_epoch`` (or its sampler's) is called every epoch.
         val_loader: validation batches ``(x, y)``.
-        max_epochs: train until this many epochs are done.
-        device: where batches go (``non_blocking`` copies; pin the loader's memory for CUDA).
+        config: the loop's settings.
+        device: where batches go.
         interval: ``"epoch"`` or ``"step"``: when ``scheduler.step()`` is called.
-        log_every_n_steps: optimizer steps between ``train/loss`` points.
-        grad_clip: max global grad norm; 0 turns clipping off.
-        accumulate_grad_batches: batches whose gradients add up to one optimizer step.
-        checkpoint_every_n_epochs: epochs between ``last.pt`` writes (0: only at the end, on a stop, and
-            when the monitored metric improves, which always writes ``best.pt``).
-        checkpoint_min_interval_s: a due ``last.pt`` write is skipped if the previous checkpoint was written
-            less than this many seconds ago, so tiny epochs don't spend their time on checkpoints (0: every
-            due epoch); the final epoch, a stop and a new best always write.
-        precision: ``"32"``, ``"bf16"`` or ``"16-mixed"`` (autocast dtype of forward and loss).
-        scaler: the ``GradScaler`` for ``16-mixed``; ``None`` for the others.
-        on_nonfinite: ``"stop"`` raises on a NaN/inf loss; ``"skip_batch"`` drops that batch's update,
-            counts and warns, and stops after ``nonfinite_patience`` such batches in a row.
-        nonfinite_patience: see ``on_nonfinite``.
-        logger: receives the scalars; ``None`` logs nothing.
-        checkpointer: saves ``last.pt``/``best.pt``; ``None`` saves nothing.
-        stop: a :class:`StopOnSignal` whose request ends training after the current step.
-        progress: where to start, from a checkpoint; ``None`` starts at epoch 0.
-        rng: the checkpoint's RNG states, restored where the interrupted run stood.
-        progress_bar: show a progress bar per epoch (on terminals only).
         loss_fn: ``loss_fn(logits, targets)``, cross-entropy by default.
+        scaler: the ``GradScaler`` for ``16-mixed``; ``None`` for the others.
+        logger: receives the scalars (``log(metrics, step)``); ``None`` logs nothing.
+        save: ``save(state, is_best)`` writes a checkpoint and says what it wrote; ``None`` saves nothing.
+        stop: anything with ``requested`` and ``name`` (:class:`harness.signals.StopOnSignal`).
+        state: where to start, from a checkpoint; updated as training goes. ``None`` starts at epoch 0.
 
     Returns:
-        The last epoch's ``train/loss`` (its mean), ``val/loss``, ``val/acc``, ``lr/group<i>``,
-        and the ``epoch`` and ``step`` counts; empty if no epoch was left to train.
+        The last epoch's ``train/loss`` (its mean), ``val/loss``, ``val/acc``, ``lr/group<i>``, ``epoch``
+        and ``step``; empty if no epoch was left to train.
 
     Raises:
         TrainingError: the loss became NaN or infinite.
-        Interrupted: ``stop`` was requested; ``last.pt`` holds the state after the last step.
+        Interrupted: ``stop`` was requested; ``save`` wrote the state after the last step.
     """
     if interval not in ("epoch", "step"):
         raise ValueError(f"interval={interval!r} must be 'epoch' or 'step'")
-    if on_nonfinite not in ("stop", "skip_batch"):
-        raise ValueError(f"on_nonfinite={on_nonfinite!r} must be 'stop' or 'skip_batch'")
     if len(train_loader) == 0:
         raise ValueError("the training loader is empty")
-    p = progress if progress is not None else Progress()
-    plain = unwrap(model)
-    generator = train_loader.generator if train_loader.generator is not None else torch.Generator()
-    sampler = getattr(train_loader, "sampler", None)
+    cfg, state = config, state if state is not None else TrainState()
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
-    use_scaler, skip_nonfinite, distributed = scaler.is_enabled(), on_nonfinite == "skip_batch", is_distributed()
-    last_good = "no checkpoint yet" if checkpointer is None or not checkpointer.last_path.exists() else (
-        f"last good checkpoint: {checkpointer.last_path}"
-    )
-
-    def check_finite(value: float, what: str) -> None:
-        if not math.isfinite(value):
-            if checkpointer is not None:
-                checkpointer.wait()  # the last good checkpoint is on disk before anyone looks for it
-            raise TrainingError(
-                f"{what} is {value} at epoch {p.epoch + 1}, step {p.step}; {last_good}. Lower optimizer.lr, "
-                f"set trainer.grad_clip (e.g. 1.0) or trainer.on_nonfinite=skip_batch, or check the data"
-            )
-
-    def state() -> dict[str, Any]:
-        return {
-            "model": plain.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if use_scaler else {},
-            "progress": dict(vars(p)),
-            "rng": capture_rng(epoch_start_rng),
-        }
-
-    metrics: dict[str, float] = {}
-    last_saved = -math.inf  # time.monotonic() of the last checkpoint
+    nonfinite = NonFinitePolicy(cfg.on_nonfinite, cfg.nonfinite_patience, state)
+    n_batches, metrics = len(train_loader), {}
     lrs = [group["lr"] for group in optimizer.param_groups]
-    amp = autocast(device, precision)  # entered once a step; it saves and restores the state each time
-    # batches of an on-device loader are already where they go: skip two no-op copies a step
-    batches_on_device = getattr(train_loader, "device", None) == device
-    # one bar, restarted every epoch; tqdm turns itself off where stderr is not a terminal
-    bar = tqdm(total=len(train_loader), leave=False, disable=None if progress_bar else True, dynamic_ncols=True)
-    # Epoch lines wait and go out together, at most every EPOCH_LINES_EVERY_S: one log call costs a tenth
-    # of a millisecond between training steps, several in a row far less each; longer epochs log at once.
-    epoch_lines: list[tuple] = []
-    lines_written = -math.inf  # time.monotonic() of the last write
-
-    def write_epoch_lines() -> None:
-        nonlocal lines_written
-        if epoch_lines:
-            if not bar.disable:
-                bar.clear()  # the bar's line makes way for the log lines
-            for line in epoch_lines:
-                log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g  (%.1fs)", *line)
-            epoch_lines.clear()
-            lines_written = time.monotonic()
-
-    try:
-        for epoch in range(p.epoch, max_epochs):
-            started = time.perf_counter()
-            model.train()
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
-            if rng is not None:
-                generator.set_state(loader_rng_state(rng))
-            epoch_start_rng = generator.get_state()
-            n_batches = len(train_loader)
-            batches: Iterator = iter(train_loader)
-            if p.batch:
-                batches = islice(batches, p.batch, None)  # a mid-epoch resume: the same shuffle, minus what's done
-            if rng is not None:
-                restore_rng(rng)  # after the skipped batches were drawn, exactly where the checkpoint stood
-                rng = None
-            # A step only appends its loss tensor to `losses` (no op, no sync). At logging points and at the
-            # epoch's end one stack and one copy to the host bring them over, and the sums of loss * batch size
-            # go on in Python floats (float64), batch by batch: the same additions wherever the flushes fall.
-            losses: list[torch.Tensor] = []
-            sizes: list[int] = []
-
-            def add_up_losses() -> None:
-                for weighted in _weighted_losses(losses, sizes):
-                    p.epoch_loss += weighted
-                    p.window_loss += weighted
-
-            consecutive_nonfinite = 0
-            accumulated = False  # gradients waiting for an optimizer step
-            skipped_in_group = 0  # batches of the current accumulation group skipped for a non-finite loss
-            if not bar.disable:  # restarted by hand: reset() would redraw, which costs more than a tiny epoch
-                bar.set_description(f"epoch {epoch + 1}/{max_epochs}", refresh=False)
-                bar.total, bar.n, bar.last_print_n = n_batches, p.batch, p.batch
-                bar.start_t = bar.last_print_t = time.time()
-            for x, y in batches:
-                p.batch += 1
-                if not bar.disable:
-                    bar.update()
-                if not batches_on_device:
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with amp:
+    for epoch in range(state.epoch, cfg.max_epochs):
+        started = time.perf_counter()
+        model.train()
+        set_epoch(train_loader, epoch)  # the epoch's shuffle, replayed exactly by a mid-epoch resume
+        # [epoch sum, window sum] of loss * batch size, on the device: adding to it needs no host sync
+        sums = torch.tensor([state.epoch_loss, state.window_loss], dtype=torch.float64, device=device)
+        trained_in_group = skipped_in_group = 0
+        with tqdm(total=n_batches, initial=state.batch, desc=f"epoch {epoch + 1}/{cfg.max_epochs}", leave=False,
+                  disable=None if cfg.progress_bar else True, dynamic_ncols=True) as bar:  # None: terminals only
+            for x, y in islice(train_loader, state.batch, None):
+                state.batch += 1
+                bar.update()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with _autocast(device, cfg.precision):
                     loss = loss_fn(model(x), y)
-                group_size = 1  # batches in this batch's accumulation group
-                if accumulate_grad_batches > 1:
-                    group_start = (p.batch - 1) // accumulate_grad_batches * accumulate_grad_batches
-                    group_size = min(accumulate_grad_batches, n_batches - group_start)  # the last may be short
-                if skip_nonfinite and not torch.isfinite(loss).item():
-                    p.skipped += 1
+                group_start = (state.batch - 1) // cfg.accumulate_grad_batches * cfg.accumulate_grad_batches
+                group_size = min(cfg.accumulate_grad_batches, n_batches - group_start)  # the last may be short
+                if nonfinite.skips(loss):
                     skipped_in_group += 1
-                    consecutive_nonfinite += 1
-                    log.warning("non-finite loss at epoch %d, batch %d: batch skipped (%d so far)",
-                                epoch + 1, p.batch, p.skipped)
-                    if consecutive_nonfinite >= nonfinite_patience:
-                        check_finite(loss.item(), f"the loss of {consecutive_nonfinite} batches in a row")
                 else:
-                    consecutive_nonfinite = 0
-                    scaled = loss / group_size if group_size > 1 else loss
-                    (scaler.scale(scaled) if use_scaler else scaled).backward()
-                    accumulated = True
-                    n = y.shape[0]  # not len(y): Tensor.__len__ runs Python code
-                    losses.append(loss.detach())
-                    sizes.append(n)
-                    if len(losses) == 1024:
-                        add_up_losses()  # bounded memory however far apart the logging points are
-                    p.epoch_samples += n
-                    p.window_samples += n
-                if p.batch % accumulate_grad_batches and p.batch < n_batches:
-                    continue  # gradients add up until the group of batches is complete
-                group_skipped, skipped_in_group = skipped_in_group, 0
-                if not accumulated:
-                    continue  # every batch of the group was skipped: nothing to step
-                accumulated = False
-                if group_skipped:  # the mean over the group's batches that trained, not over all of them
+                    scaler.scale(loss / group_size).backward()
+                    sums.add_(loss.detach(), alpha=y.shape[0])
+                    state.epoch_samples += y.shape[0]
+                    state.window_samples += y.shape[0]
+                    trained_in_group += 1
+                if state.batch < group_start + group_size:
+                    continue  # gradients add up until the accumulation group is complete
+                if trained_in_group and skipped_in_group:  # the mean over the group's batches that trained
                     for param in model.parameters():
                         if param.grad is not None:
-                            param.grad.mul_(group_size / (group_size - group_skipped))
-
-                if grad_clip > 0:
-                    if use_scaler:
-                        scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                            param.grad.mul_(group_size / trained_in_group)
+                stepped = trained_in_group > 0 and optimizer_step(model, optimizer, scaler, cfg.grad_clip)
+                trained_in_group = skipped_in_group = 0
+                if not stepped:
+                    continue  # nothing trained, or fp16 skipped the step: the schedule waits
                 lrs = [group["lr"] for group in optimizer.param_groups]
-                if use_scaler:
-                    scale = scaler.get_scale()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler.get_scale() < scale:
-                        continue  # inf/NaN gradients: the scaler skipped this optimizer step, so the schedule waits
-                else:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
                 if interval == "step":
                     scheduler.step()
-                p.step += 1
-                logging_point = p.step % log_every_n_steps == 0
-                if logging_point:
-                    # host-device sync: logging points only; the mean over every process's batches
-                    add_up_losses()
-                    window_sum, window_samples = sum_over_ranks([p.window_loss, p.window_samples], device)
+                state.step += 1
+                logging_point = state.step % cfg.log_every_n_steps == 0
+                if logging_point:  # a host-device sync: the loss sums come over
+                    state.epoch_loss, state.window_loss = sums.tolist()
+                    window_sum, window_samples = sum_over_ranks([state.window_loss, state.window_samples], device)
                     train_loss = window_sum / window_samples
-                    check_finite(train_loss, "the training loss")
+                    nonfinite.check(train_loss, "the training loss")
                     if logger is not None:
-                        lr_values = {f"lr/group{i}": lr for i, lr in enumerate(lrs)}
-                        logger.log({"train/loss": train_loss, **lr_values}, p.step)
-                    if not bar.disable:
-                        bar.set_postfix_str(f"loss={train_loss:.4f}, lr={lrs[0]:.3g}", refresh=False)
-                    p.window_loss, p.window_samples = 0.0, 0
-                # Ranks agree on a stop with a collective, so in a distributed run they ask only at logging
-                # points and at the epoch's end, where the loss is synced anyway.
-                if stop is not None and (
-                    stop.requested if not distributed
-                    else (logging_point or p.batch == n_batches) and any_rank(stop.requested, device)
-                ):
-                    add_up_losses()
-                    check_finite(p.epoch_loss, "the epoch's training loss")  # never save a diverged model
-                    saved = "nothing on this rank"
-                    if checkpointer is not None:
-                        saved = checkpointer.save(state())
-                        checkpointer.wait()
-                    raise Interrupted(
-                        f"stopped by {stop.name or 'a signal to another rank'} at epoch {epoch + 1}, "
-                        f"step {p.step}; saved {saved}",
-                        stop.received or 15,
-                    )
-
-            add_up_losses()
-            loss_sum, samples = sum_over_ranks([p.epoch_loss, p.epoch_samples], device)
-            if samples == 0:
-                raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped")
-            train_loss = loss_sum / samples
-            check_finite(train_loss, "the epoch's mean training loss")
-            val = evaluate(model, val_loader, device, loss_fn, precision)
-            check_finite(val["val/loss"], "the validation loss")
-            if logger is not None:
-                logger.log({"train/epoch_loss": train_loss, **val, "epoch": epoch + 1}, p.step)
-            metrics = {
-                "train/loss": train_loss,
-                **val,
-                **{f"lr/group{i}": lr for i, lr in enumerate(lrs)},
-                "epoch": epoch + 1,
-                "step": p.step,
-            }
-            if interval == "epoch":
-                scheduler.step()
-            p.epoch, p.batch, p.epoch_loss, p.epoch_samples = epoch + 1, 0, 0.0, 0
-            due = (checkpoint_every_n_epochs and p.epoch % checkpoint_every_n_epochs == 0
-                   and time.monotonic() - last_saved >= checkpoint_min_interval_s)
-            if checkpointer is not None and (due or p.epoch == max_epochs or checkpointer.improved(metrics)):
-                epoch_start_rng = generator.get_state()  # the next epoch starts from here
-                checkpointer.save({**state(), "metrics": metrics}, metrics)
-                last_saved = time.monotonic()
-                last_good = f"last good checkpoint: {checkpointer.last_path} (epoch {epoch + 1})"
-            epoch_lines.append((epoch + 1, max_epochs, train_loss, val["val/loss"], val["val/acc"], lrs[0],
-                                time.perf_counter() - started))
-            if time.monotonic() - lines_written >= EPOCH_LINES_EVERY_S or p.epoch == max_epochs:
-                write_epoch_lines()
-    finally:
-        write_epoch_lines()  # also when training fails or stops: every finished epoch has its line
-        bar.close()
+                        logger.log({"train/loss": train_loss, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)}},
+                                   state.step)
+                    bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
+                    sums[1], state.window_loss, state.window_samples = 0.0, 0.0, 0
+                if stop is not None and (stop.requested if not is_distributed() else (
+                        (logging_point or state.batch == n_batches) and any_rank(stop.requested, device))):
+                    state.epoch_loss, state.window_loss = sums.tolist()
+                    nonfinite.check(state.epoch_loss, "the epoch's training loss")  # never save a diverged model
+                    saved = save(state, False) if save is not None else "nothing on this rank"
+                    raise Interrupted(f"stopped by {stop.name or 'a signal to another rank'} at epoch {epoch + 1}, "
+                                      f"step {state.step}; saved {saved}", stop.received or 15)
+        state.epoch_loss, state.window_loss = sums.tolist()
+        loss_sum, samples = sum_over_ranks([state.epoch_loss, state.epoch_samples], device)
+        if samples == 0:
+            raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped")
+        train_loss = loss_sum / samples
+        nonfinite.check(train_loss, "the epoch's mean training loss")
+        val = evaluate(model, val_loader, device, loss_fn, cfg.precision)
+        nonfinite.check(val["val/loss"], "the validation loss")
+        if logger is not None:
+            logger.log({"train/epoch_loss": train_loss, **val, "epoch": epoch + 1}, state.step)
+        metrics = {"train/loss": train_loss, **val, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)},
+                   "epoch": epoch + 1, "step": state.step}
+        state.metrics = metrics
+        if interval == "epoch":
+            scheduler.step()
+        state.epoch, state.batch, state.epoch_loss, state.epoch_samples = epoch + 1, 0, 0.0, 0
+        is_best = state.improves(metrics[cfg.monitor], cfg.monitor_mode)
+        if is_best:
+            state.best, state.best_epoch = metrics[cfg.monitor], epoch + 1
+        every = cfg.checkpoint_every_n_epochs
+        if save is not None and ((every and state.epoch % every == 0) or state.epoch == cfg.max_epochs or is_best):
+            save(state, is_best)
+        log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g  (%s)", epoch + 1,
+                 cfg.max_epochs, train_loss, val["val/loss"], val["val/acc"], lrs[0],
+                 _duration(time.perf_counter() - started))
     return metrics

@@ -128,7 +128,7 @@ def run_lr_find(cfg, run_dir: str | Path) -> RangeTest:
     """Builds the run from ``cfg`` (as training would), runs the range test with ``cfg.lr_find``, and
     writes its curve to TensorBoard and ``lr_find.png`` in ``run_dir``."""
     from harness.experiment import build
-    from harness.tensorboard import TensorBoardLogger
+    from harness.loggers import TensorBoardLogger
 
     c = build(cfg)
     knobs = cfg.lr_find

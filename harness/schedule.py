@@ -79,18 +79,16 @@ def plot(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: 
 
 def _preview(cfg: DictConfig, out_dir: Path) -> list[list[float]]:
     from harness.config import validate
-    from harness.experiment import SCHEDULER_KEYS, accepts, build_group  # built as a training run builds it
+    from harness.experiment import build_optimizer, build_scheduler  # built as a training run builds them
 
-    validate(cfg)
+    trainer = validate(cfg)
     interval = cfg.scheduler.interval
     steps_per_epoch = cfg.steps_per_epoch if interval == "step" else 1
-    epochs = cfg.trainer.max_epochs
-    optimizer = build_group("optimizer", cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
-    takes_steps = "steps_per_epoch" in accepts(cfg.scheduler._target_)
+    epochs = trainer.max_epochs
+    optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
 
     def factory(opt):
-        return build_group("scheduler", cfg.scheduler, drop=SCHEDULER_KEYS, optimizer=opt,
-                           **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}))
+        return build_scheduler(cfg.scheduler, opt, steps_per_epoch)
 
     lrs = simulate(factory, optimizer, epochs * steps_per_epoch)
     unit = "step" if interval == "step" else "epoch"

@@ -27,6 +27,7 @@ __all__ = [
     "cosine_warmup_lr",
     "cosine_restarts_lr",
     "constant_lr",
+    "ClosedFormScheduler",
     "WarmupScheduler",
     "CosineWarmupScheduler",
     "LinearWarmupScheduler",
@@ -147,7 +148,21 @@ def _per_group(name: str, value: float | Sequence[float], n_groups: int) -> list
     return [_check_number(name, value)] * n_groups
 
 
-class WarmupScheduler(LRScheduler):
+class ClosedFormScheduler(LRScheduler):
+    """Base of the schedules here: the LR is a pure function of the step count, so resuming takes only the
+    position from a checkpoint and keeps the settings it was built with (the current config's: a longer
+    ``trainer.max_epochs`` stretches the schedule)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Takes the position (``last_epoch``) from ``state_dict``; the settings stay, and the LRs follow."""
+        self.last_epoch = state_dict["last_epoch"]
+        self._step_count = state_dict.get("_step_count", self.last_epoch + 1)
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
+
+
+class WarmupScheduler(ClosedFormScheduler):
     """Base of the warmup schedules: checks the shared settings, converts epochs to scheduler steps,
     and evaluates :meth:`lr` (a pure function of ``t``) per param group. Closed-form throughout.
 
@@ -312,7 +327,7 @@ class CosineRestartsScheduler(WarmupScheduler):
                                   self.warmup_start_lr)
 
 
-class ConstantScheduler(LRScheduler):
+class ConstantScheduler(ClosedFormScheduler):
     """No schedule: every param group trains at its base LR. For comparison runs.
 
     Takes the same ``steps_per_epoch`` as the other schedulers (and ignores it) so that any

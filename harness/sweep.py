@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from harness.checkpoint import write_atomic
-from harness.config import better_direction
+from harness.loop import better_direction
 
 __all__ = ["write_result", "read_jobs", "summarize", "SweepSummary", "RESULT"]
 
@@ -48,7 +48,7 @@ def write_result(run_dir: str | Path, status: str, overrides: list[str], elapsed
         "metrics": metrics or previous.get("metrics", {}),
         "error": error,
     }
-    write_atomic(path.parent, [path.name], json.dumps(record, indent=2).encode())
+    write_atomic(path, lambda f: f.write(json.dumps(record, indent=2).encode()))
     return path
 
 
@@ -61,7 +61,9 @@ def _read_checkpoint_summary(job_dir: Path) -> dict[str, Any]:
         ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # a damaged checkpoint is reported as missing data, not a failed summary
         return {}
-    return {"epochs": ckpt["progress"]["epoch"], "best": ckpt.get("best", {})}
+    state, trainer = ckpt["train_state"], ckpt.get("config", {}).get("trainer", {})
+    return {"epochs": state["epoch"], "best": {"monitor": trainer.get("monitor"), "value": state["best"],
+                                              "epoch": state["best_epoch"]}}
 
 
 def read_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:

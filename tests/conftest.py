@@ -1,12 +1,18 @@
-"""Shared fixtures: compose the real config from conf/, shrunk to a fast CPU run."""
+"""Shared helpers and fixtures: the real config from conf/ shrunk to a fast CPU run, a toy problem for the
+loop, TensorBoard read back, and train.py run as a user runs it (optionally signalled at a given step)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -24,6 +30,84 @@ def compose_config(overrides: list[str] = (), name: str = "config") -> DictConfi
 @pytest.fixture
 def fast_cfg() -> DictConfig:
     return compose_config(FAST)
+
+
+STEPS_PER_EPOCH = 23  # 1438 training digits in batches of 64
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in ``run_dir``'s event files, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def event_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("events.out.tfevents.*"))
+
+
+def toy_problem(n: int = 96, batch_size: int = 16, seed: int = 0):
+    """A separable 2-class problem of 2x2 "images": a linear model, a shuffled loader and an in-order one."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 2, 2, generator=g)
+    y = (x.flatten(1).sum(1) > 0).long()
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=g)
+    val = DataLoader(TensorDataset(x, y), batch_size=batch_size)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    return model, loader, val
+
+
+def nan_on_calls(*which: int):
+    """Cross-entropy that turns NaN on the given (1-based) calls."""
+    calls = {"n": 0}
+
+    def loss_fn(logits, y):
+        calls["n"] += 1
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        return loss * float("nan") if calls["n"] in which else loss
+
+    return loss_fn
+
+
+# Runs train.py in this process after registering an optimizer hook that signals the process (or, under
+# torchrun, rank 0 alone) once the given number of optimizer steps is done: a stop at a known step.
+_SIGNAL_AT_STEP = """
+import os, runpy, signal, sys
+from torch.optim.optimizer import register_optimizer_step_post_hook
+steps = 0
+def hook(optimizer, args, kwargs):
+    global steps
+    steps += 1
+    if steps == {step} and os.environ.get("RANK", "0") == "0":
+        os.kill(os.getpid(), signal.{signal})
+register_optimizer_step_post_hook(hook)
+sys.argv = [{train!r}, *sys.argv[1:]]
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def train_command(args: list[str], cwd: Path, signal_at_step: int | None = None, signal: str = "SIGTERM",
+                  torchrun: int = 0) -> list[str]:
+    """The command line of ``train.py <args>``: plain, under torchrun with that many processes, and/or
+    signalled after ``signal_at_step`` optimizer steps (counted over the whole process, sweeps included)."""
+    script = str(ROOT / "train.py")
+    if signal_at_step is not None:
+        launcher = cwd / f"signal_at_step_{signal_at_step}.py"
+        launcher.write_text(_SIGNAL_AT_STEP.format(step=signal_at_step, signal=signal, train=script))
+        script = str(launcher)
+    launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}"] if torchrun else [
+        sys.executable]
+    return [*launch, script, *args]
+
+
+def train(args: list[str], cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Runs ``train.py <args>`` from ``cwd`` (so outputs/ lands there), without a terminal, as CI would."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": ""}
+    return subprocess.run(train_command(args, cwd, **kwargs), cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _write_idx(path: Path, array) -> None:

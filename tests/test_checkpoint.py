@@ -1,9 +1,9 @@
-"""Checkpoint files: atomic writes, safe loads, RNG round trips, resume lookup, graceful signals."""
+"""Checkpoint files: atomic writes, safe loads, RNG round trips, resume lookup, a full disk, graceful signals."""
 
+import errno
 import os
 import random
 import signal
-import threading
 
 import numpy as np
 import pytest
@@ -15,10 +15,12 @@ from harness.checkpoint import (
     load_checkpoint,
     resolve_resume,
     restore_rng,
+    restore_training_state,
     save_atomic,
-    write_atomic,
 )
 from harness.errors import CheckpointError
+from harness.loop import TrainState
+from harness.schedulers import CosineWarmupScheduler
 from harness.signals import StopOnSignal
 
 
@@ -27,22 +29,27 @@ def minimal_state(value: float = 1.0) -> dict:
         "model": {"w": torch.full((3,), value)},
         "optimizer": {},
         "scheduler": {},
-        "progress": {"epoch": 1},
-        "rng": capture_rng(torch.Generator().manual_seed(0).get_state()),
+        "train_state": {"epoch": 1},
+        "rng": capture_rng(),
     }
+
+
+def checkpointer(directory, lr=0.1):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    return Checkpointer(directory, model, optimizer, CosineWarmupScheduler(optimizer, 1, 5, 0.0), extra={"config": {}})
 
 
 def test_checkpoint_is_plain_data_that_loads_with_weights_only(tmp_path):
     path = save_atomic(minimal_state(), tmp_path / "last.pt")
     loaded = torch.load(path, weights_only=True)
     assert torch.equal(loaded["model"]["w"], torch.ones(3))
-    assert load_checkpoint(path)["progress"] == {"epoch": 1}
+    assert load_checkpoint(path)["train_state"] == {"epoch": 1}
 
 
 def test_rng_round_trip_through_a_file(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    loader = torch.Generator().manual_seed(4)
-    save_atomic({"rng": capture_rng(loader.get_state())}, tmp_path / "rng.pt")
+    save_atomic({"rng": capture_rng()}, tmp_path / "rng.pt")
     expected = (random.random(), np.random.rand(), torch.rand(2), np.random.randn())
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
@@ -51,19 +58,14 @@ def test_rng_round_trip_through_a_file(tmp_path):
     assert np.random.randn() == expected[3]
 
 
-@pytest.mark.parametrize("dies_in", ["write", "replace"])
+@pytest.mark.parametrize("dies_in", ["fsync", "replace"])
 def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch, dies_in):
     path = save_atomic(minimal_state(1.0), tmp_path / "last.pt")
-    real_write = os.write
-
-    def write_half_then_die(fd, data):
-        real_write(fd, data[: len(data) // 2])  # a partial file on disk...
-        raise KeyboardInterrupt  # ...and the process stops
 
     def die(*args):
-        raise KeyboardInterrupt  # written and synced, stopped before the rename
+        raise KeyboardInterrupt  # the process stops with the new file written, before the rename
 
-    monkeypatch.setattr(os, dies_in, write_half_then_die if dies_in == "write" else die)
+    monkeypatch.setattr(os, dies_in, die)
     with pytest.raises(KeyboardInterrupt):
         save_atomic(minimal_state(2.0), path)
     monkeypatch.undo()
@@ -71,58 +73,57 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"], "no temporary file left behind"
 
 
-def test_the_writer_thread_ends_with_close(tmp_path):
-    before = {t.ident for t in threading.enumerate()}
-    ckpt = Checkpointer(tmp_path)
-    assert [t.name for t in threading.enumerate() if t.ident not in before] == ["checkpoint-writer"]
-    ckpt.close()
-    ckpt.close()
-    assert {t.ident for t in threading.enumerate()} <= before
+def test_a_full_disk_fails_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    ckpt = checkpointer(tmp_path)
+    ckpt.save(TrainState(epoch=1, step=5))
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.save(TrainState(epoch=2, step=10), is_best=True)
+    assert f"could not write a checkpoint in {tmp_path} (No space left on device)" in str(info.value)
+    assert "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
 def test_temporary_files_of_a_killed_writer_are_cleared_on_resume(tmp_path):
     save_atomic(minimal_state(1.0), tmp_path / "last.pt")
     (tmp_path / ".last.pt.4242.tmp").write_bytes(b"half a checkpoint")
-    Checkpointer(tmp_path).close()
+    checkpointer(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-def test_one_payload_under_two_names_survives_a_file_system_without_hard_links(tmp_path, monkeypatch):
-    def no_links(*args):
-        raise PermissionError("hard links not supported")
+def test_best_gets_the_same_bytes_as_last_and_stays_until_the_next_best(tmp_path):
+    ckpt = checkpointer(tmp_path)
+    assert ckpt.save(TrainState(epoch=1, step=5), is_best=True) == f"{tmp_path / 'last.pt'} (epoch 1, step 5)"
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    ckpt.save(TrainState(epoch=2, step=10))
+    assert load_checkpoint(tmp_path / "best.pt")["train_state"]["epoch"] == 1
+    assert load_checkpoint(tmp_path / "last.pt")["train_state"]["epoch"] == 2
+    assert ckpt.latest == f"{tmp_path / 'last.pt'} (epoch 2, step 10)"
 
-    monkeypatch.setattr(os, "link", no_links)
-    write_atomic(tmp_path, ["last.pt", "best.pt"], b"payload")
-    assert (tmp_path / "last.pt").read_bytes() == (tmp_path / "best.pt").read_bytes() == b"payload"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
-
-def test_saving_never_waits_for_a_slow_disk_and_the_newest_state_wins(tmp_path, monkeypatch):
-    import harness.checkpoint as checkpoint_module
-
-    disk_busy, disk_free, writes = threading.Event(), threading.Event(), []
-    real_write_atomic = checkpoint_module.write_atomic
-
-    def slow_write_atomic(directory, names, data, **kwargs):
-        disk_busy.set()
-        assert disk_free.wait(10)
-        writes.append(sorted(names))
-        real_write_atomic(directory, names, data, **kwargs)
-
-    directory_syncs = []
-    monkeypatch.setattr(checkpoint_module, "write_atomic", slow_write_atomic)
-    monkeypatch.setattr(checkpoint_module, "_fsync_dir", directory_syncs.append)
-    with Checkpointer(tmp_path) as ckpt:
-        for epoch, acc in enumerate([0.5, 0.7, 0.6], 1):  # epochs 1 and 2 improve, 3 does not
-            ckpt.save(minimal_state(epoch), {"val/acc": acc, "epoch": epoch})  # returns at once
-            assert disk_busy.wait(10)  # epoch 1 is being written from here on
-        assert writes == []
-        disk_free.set()
-    # epoch 1 was already being written; epoch 2's last.pt was replaced by epoch 3's before it reached disk
-    assert writes == [["best.pt", "last.pt"], ["last.pt"], ["best.pt"]]
-    assert directory_syncs == [tmp_path], "the renames are made durable once, when the writes are waited for"
-    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.full((3,), 3.0))
-    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 2.0))
+def test_restore_puts_back_weights_optimizer_position_and_state(tmp_path):
+    ckpt = checkpointer(tmp_path)
+    loss = ckpt.model(torch.ones(1, 2)).sum()
+    loss.backward()
+    ckpt.optimizer.step()
+    ckpt.scheduler.step()
+    state = TrainState(epoch=1, step=1, batch=3, epoch_loss=1.5, epoch_samples=2, best=0.5, best_epoch=1)
+    ckpt.save(state)
+    fresh = checkpointer(tmp_path / "other")
+    restored = restore_training_state(load_checkpoint(tmp_path / "last.pt"), fresh.model, fresh.optimizer,
+                                      fresh.scheduler)
+    assert restored == state
+    assert all(torch.equal(a, b) for a, b in zip(ckpt.model.parameters(), fresh.model.parameters()))
+    assert fresh.scheduler.last_epoch == 1 and fresh.scheduler.get_last_lr() == ckpt.scheduler.get_last_lr()
+    assert torch.equal(fresh.optimizer.state_dict()["state"][0]["momentum_buffer"],
+                       ckpt.optimizer.state_dict()["state"][0]["momentum_buffer"])
 
 
 @pytest.mark.parametrize(
@@ -165,27 +166,19 @@ def test_resolve_resume(tmp_path):
     run_dir.mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         resolve_resume(str(run_dir), run_dir)
+    (run_dir / "checkpoints").mkdir()
     last = save_atomic(minimal_state(), run_dir / "checkpoints" / "last.pt")
     assert resolve_resume("auto", run_dir) == last
     assert resolve_resume(str(run_dir), tmp_path) == last
     assert resolve_resume(str(last), tmp_path) == last
 
 
-def test_best_follows_the_monitored_metric(tmp_path):
-    ckpt = Checkpointer(tmp_path, monitor="val/loss", mode="min")
-    for epoch, loss in enumerate([0.9, 0.5, 0.7, 0.4], 1):
-        ckpt.save(minimal_state(epoch), {"val/loss": loss, "epoch": epoch})
-    ckpt.wait()  # writes happen on a background thread
-    assert load_checkpoint(tmp_path / "best.pt")["best"] == {
-        "monitor": "val/loss", "mode": "min", "value": 0.4, "epoch": 4
-    }
-    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 4.0))
-    ckpt.save(minimal_state(5), {"val/loss": 0.6, "epoch": 5})
-    ckpt.close()
-    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.full((3,), 4.0))
-    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.full((3,), 5.0))
-    resumed = Checkpointer(tmp_path, monitor="val/loss", mode="min", best=load_checkpoint(tmp_path / "last.pt")["best"])
-    assert not resumed.improved({"val/loss": 0.45}) and resumed.improved({"val/loss": 0.39})
+def test_best_follows_the_monitored_direction():
+    state = TrainState()
+    assert state.improves(0.9, "min")
+    state.best = 0.5
+    assert state.improves(0.4, "min") and not state.improves(0.6, "min")
+    assert state.improves(0.6, "max") and not state.improves(0.5, "max")
 
 
 def test_first_signal_asks_to_stop_second_stops_at_once():
@@ -196,12 +189,3 @@ def test_first_signal_asks_to_stop_second_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
-
-
-def test_a_failed_background_write_is_raised(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
-    ckpt = Checkpointer(blocker / "checkpoints")  # its parent is a file: the write must fail
-    ckpt.save(minimal_state())
-    with pytest.raises(OSError):
-        ckpt.close()

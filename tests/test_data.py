@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from harness.data import digits, fake, imagefolder, make_loaders
+from harness.data import digits, fake, imagefolder, make_loaders, set_epoch
 from harness.errors import DataError
 
 
@@ -35,11 +35,15 @@ def test_loader_order_depends_on_the_seed_only():
 
     def two_epochs_of_labels(seed):
         train, _ = make_loaders(splits, batch_size=32, num_workers=0, seed=seed)
-        return [[y.tolist() for _, y in train] for _epoch in range(2)]
+        epochs = []
+        for epoch in range(2):
+            set_epoch(train, epoch)
+            epochs.append([y.tolist() for _, y in train])
+        return epochs
 
     first, second = two_epochs_of_labels(0)
     assert first != second, "each epoch reshuffles"
-    assert two_epochs_of_labels(0) == [first, second]
+    assert two_epochs_of_labels(0) == [first, second], "an epoch's order is a function of the seed and the epoch"
     assert two_epochs_of_labels(1)[0] != first
 
 

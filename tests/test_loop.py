@@ -1,37 +1,24 @@
-"""The loop on plain torch objects, no Hydra: order of calls, logging points, faults."""
+"""The loop on plain torch objects, no Hydra: order of calls, logging points, faults, the NaN policy."""
 
 import logging
 import math
+import re
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from harness.errors import TrainingError
-from harness.loop import evaluate, fit
+from harness.loggers import MemoryLogger
+from harness.loop import TrainerConfig, TrainState, evaluate, fit
 from harness.schedulers import ConstantScheduler, CosineWarmupScheduler, cosine_warmup_lr
+from tests.conftest import nan_on_calls, toy_problem
+
+CPU = torch.device("cpu")
 
 
-class MemoryLogger:
-    def __init__(self):
-        self.rows: list[tuple[int, dict]] = []
-
-    def log(self, metrics, step):
-        self.rows.append((step, dict(metrics)))
-
-    def series(self, tag):
-        return [(step, m[tag]) for step, m in self.rows if tag in m]
-
-
-def toy_problem(n=96, batch_size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 2, 2, generator=g)
-    y = (x.flatten(1).sum(1) > 0).long()
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=g)
-    val = DataLoader(TensorDataset(x, y), batch_size=batch_size)
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    return model, loader, val
+def settings(**kwargs) -> TrainerConfig:
+    return TrainerConfig(**{"progress_bar": False, **kwargs})
 
 
 def train(interval="epoch", epochs=5, log_every=1, **kwargs):
@@ -40,10 +27,8 @@ def train(interval="epoch", epochs=5, log_every=1, **kwargs):
     spe = len(loader) if interval == "step" else 1
     sched = CosineWarmupScheduler(opt, warmup_epochs=2, total_epochs=epochs, min_lr=0.01, steps_per_epoch=spe)
     logger = MemoryLogger()
-    metrics = fit(
-        model, opt, sched, loader, val, max_epochs=epochs, device=torch.device("cpu"), interval=interval,
-        log_every_n_steps=log_every, logger=logger, progress_bar=False, **kwargs,
-    )
+    metrics = fit(model, opt, sched, loader, val, settings(max_epochs=epochs, log_every_n_steps=log_every),
+                  device=CPU, interval=interval, logger=logger, **kwargs)
     return metrics, logger
 
 
@@ -82,16 +67,15 @@ def test_train_loss_is_the_mean_since_the_last_point():
     model, _, loader = toy_problem()  # the unshuffled loader, so the batches can be replayed
     opt = torch.optim.SGD(model.parameters(), lr=1e-30)
     logger = MemoryLogger()
-    fit(model, opt, ConstantScheduler(opt), loader, loader, max_epochs=1, device=torch.device("cpu"),
-        log_every_n_steps=3, logger=logger, progress_bar=False)
+    fit(model, opt, ConstantScheduler(opt), loader, loader, settings(max_epochs=1, log_every_n_steps=3), device=CPU,
+        logger=logger)
     batches = [torch.nn.functional.cross_entropy(model(x), y).item() for x, y in loader]
     assert len(batches) == 6
     series = [v for _, v in logger.series("train/loss")]
     assert series == pytest.approx([sum(batches[:3]) / 3, sum(batches[3:]) / 3], rel=1e-5)
 
 
-def test_epoch_loss_is_the_sample_weighted_mean_over_many_batches_between_logging_points():
-    # 2500 batches with no logging point in between: the losses are added up along the way, in bounded memory
+def test_epoch_loss_is_the_sample_weighted_mean_over_many_batches():
     n, batch_size = 2500 * 4 - 1, 4  # the last batch is short, so the mean must weight by batch size
     model, _, _ = toy_problem()
     g = torch.Generator().manual_seed(1)
@@ -99,14 +83,13 @@ def test_epoch_loss_is_the_sample_weighted_mean_over_many_batches_between_loggin
     y = (x.flatten(1).sum(1) > 0).long()
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=1e-30)  # nothing changes: the mean is the fixed model's
-    metrics = fit(model, opt, ConstantScheduler(opt), loader, loader, max_epochs=1, device=torch.device("cpu"),
-                  log_every_n_steps=10**6, progress_bar=False)
+    metrics = fit(model, opt, ConstantScheduler(opt), loader, loader, settings(max_epochs=1, log_every_n_steps=10**6),
+                  device=CPU)
     expected = torch.nn.functional.cross_entropy(model(x), y, reduction="sum").double().item() / n
     assert metrics["train/loss"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_epoch_loss_does_not_depend_on_where_the_logging_points_fall():
-    # the sums go batch by batch wherever the losses are brought over, so the epoch means agree to the bit
     means = {log_every: train(epochs=3, log_every=log_every)[1].series("train/epoch_loss")
              for log_every in (1, 4, 1000)}
     assert means[1] == means[4] == means[1000]
@@ -122,14 +105,10 @@ def test_same_seed_same_numbers():
 def test_nan_loss_stops_with_a_clear_error():
     model, loader, val = toy_problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def poisoned(logits, y):
-        return torch.nn.functional.cross_entropy(logits, y) * float("nan")
-
-    message = r"the training loss is nan at epoch 1, step 2; no checkpoint yet. Lower optimizer.lr"
+    message = r"the training loss is nan at epoch 1, step 2. Lower optimizer.lr, set trainer.grad_clip"
     with pytest.raises(TrainingError, match=message):
-        fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=2, device=torch.device("cpu"),
-            log_every_n_steps=2, progress_bar=False, loss_fn=poisoned)
+        fit(model, opt, ConstantScheduler(opt), loader, val, settings(max_epochs=2, log_every_n_steps=2), device=CPU,
+            loss_fn=nan_on_calls(1))
 
 
 def test_nan_between_logging_points_is_caught_at_the_epoch_end():
@@ -138,12 +117,12 @@ def test_nan_between_logging_points_is_caught_at_the_epoch_end():
     with torch.no_grad():
         model[1].weight.fill_(math.inf)
     with pytest.raises(TrainingError, match="epoch's mean training loss is nan at epoch 1, step 6"):
-        fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=1, device=torch.device("cpu"),
-            log_every_n_steps=1000, progress_bar=False)
+        fit(model, opt, ConstantScheduler(opt), loader, val, settings(max_epochs=1, log_every_n_steps=1000),
+            device=CPU)
 
 
 class Timeline(logging.Handler):
-    """Epoch log lines and TensorBoard epoch rows in the order they happen."""
+    """Epoch log lines and logged epoch rows, in the order they happen."""
 
     def __init__(self):
         super().__init__()
@@ -151,71 +130,44 @@ class Timeline(logging.Handler):
 
     def emit(self, record):
         if record.getMessage().startswith("epoch "):
-            self.events.append("line " + record.getMessage().split()[1])
+            self.events.append(record.getMessage())
 
     def log(self, metrics, step):
         if "epoch" in metrics:
-            self.events.append(f"epoch {metrics['epoch']} done")
+            self.events.append(f"row {metrics['epoch']}")
 
 
-@pytest.fixture
-def timeline():
-    handler = Timeline()
+def test_each_epochs_line_is_printed_when_it_ends_with_its_time():
+    timeline = Timeline()
     logger = logging.getLogger("harness.loop")
-    logger.addHandler(handler)
-    old_level = logger.level
+    logger.addHandler(timeline)
+    level = logger.level
     logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
-
-
-@pytest.mark.parametrize("every_s", [0.0, 3600.0])
-def test_epoch_lines_of_short_epochs_go_out_together(timeline, monkeypatch, every_s):
-    monkeypatch.setattr("harness.loop.EPOCH_LINES_EVERY_S", every_s)
-    model, loader, val = toy_problem()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=4, device=torch.device("cpu"),
-        logger=timeline, progress_bar=False)
-    if every_s == 0:  # each epoch's line as it ends
-        expected = [event for e in range(1, 5) for event in (f"epoch {e} done", f"line {e}/4")]
-    else:  # the first at once, the rest at the end
-        expected = ["epoch 1 done", "line 1/4", "epoch 2 done", "epoch 3 done", "epoch 4 done",
-                    "line 2/4", "line 3/4", "line 4/4"]
-    assert timeline.events == expected
-
-
-def test_every_finished_epoch_has_its_line_when_training_fails(timeline, monkeypatch):
-    monkeypatch.setattr("harness.loop.EPOCH_LINES_EVERY_S", 3600.0)
-    model, loader, val = toy_problem()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    trained = 0
-
-    def fails_in_epoch_4(logits, y):
-        nonlocal trained
-        trained += logits.requires_grad  # training batches only, not validation
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        return loss * math.nan if trained > 3 * len(loader) else loss
-
-    with pytest.raises(TrainingError, match="at epoch 4"):
-        fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=6, device=torch.device("cpu"),
-            logger=timeline, progress_bar=False, loss_fn=fails_in_epoch_4)
-    assert [e for e in timeline.events if e.startswith("line")] == ["line 1/6", "line 2/6", "line 3/6"]
+    try:
+        model, loader, val = toy_problem()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        fit(model, opt, ConstantScheduler(opt), loader, val, settings(max_epochs=3), device=CPU, logger=timeline)
+    finally:
+        logger.removeHandler(timeline)
+        logger.setLevel(level)
+    assert [e.split()[0] + " " + e.split()[1] for e in timeline.events] == [
+        "row 1", "epoch 1/3", "row 2", "epoch 2/3", "row 3", "epoch 3/3"]
+    lines = [e for e in timeline.events if e.startswith("epoch")]
+    assert all(re.search(r"\(\d+ ms\)$", line) for line in lines), lines  # short epochs: milliseconds
 
 
 def test_grad_clip_bounds_the_update():
     model, loader, val = toy_problem(n=16, batch_size=16)
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=1, device=torch.device("cpu"),
-        grad_clip=1e-3, progress_bar=False)
+    fit(model, opt, ConstantScheduler(opt), loader, val, settings(max_epochs=1, grad_clip=1e-3), device=CPU)
     step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     assert step.norm().item() == pytest.approx(1e-3, rel=1e-4)
 
 
 def test_evaluate_counts_every_sample():
     model, _, val = toy_problem(n=37, batch_size=10)
-    out = evaluate(model, val, torch.device("cpu"))
+    out = evaluate(model, val, CPU)
     with torch.no_grad():
         x, y = val.dataset.tensors
         logits = model(x)
@@ -223,24 +175,71 @@ def test_evaluate_counts_every_sample():
     assert out["val/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
 
 
-def test_evaluate_over_more_batches_than_it_holds_at_once():
-    model, _, _ = toy_problem()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1100, 1, 2, 2, generator=g)
-    y = torch.randint(0, 2, (1100,), generator=g)
-    out = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=1), torch.device("cpu"))  # 1100 batches
-    with torch.no_grad():
-        logits = model(x)
-    assert out["val/acc"] == (logits.argmax(1) == y).sum().item() / 1100
-    assert out["val/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
-
-
 def test_bad_interval_is_refused():
     model, loader, val = toy_problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="interval='batch' must be 'epoch' or 'step'"):
-        fit(model, opt, ConstantScheduler(opt), loader, val, max_epochs=1, device=torch.device("cpu"),
-            interval="batch")
+        fit(model, opt, ConstantScheduler(opt), loader, val, settings(max_epochs=1), device=CPU, interval="batch")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_epochs=0), "max_epochs=0 must be an integer >= 1"),
+    (dict(precision="fp8"), "precision='fp8' must be one of 32, bf16, 16-mixed"),
+    (dict(grad_clip=float("nan")), "grad_clip=nan must be a number >= 0"),
+    (dict(device="gpu"), "device='gpu' must be auto, cpu, cuda or cuda:N"),
+])
+def test_trainer_config_checks_its_values(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainerConfig(**kwargs)
+    assert TrainerConfig(precision=32).precision == "32"  # as `trainer.precision=32` arrives from the command line
+
+
+def test_skip_batch_drops_bad_updates_and_stops_if_they_keep_coming():
+    model, loader, val = toy_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = TrainState()
+    metrics = fit(model, opt, ConstantScheduler(opt), loader, val, settings(max_epochs=1, on_nonfinite="skip_batch"),
+                  device=CPU, state=state, loss_fn=nan_on_calls(2, 3, 5))
+    assert state.skipped == 3
+    assert metrics["step"] == 6 - 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    always_nan = lambda logits, y: torch.nn.functional.cross_entropy(logits, y) * float("nan")  # noqa: E731
+    with pytest.raises(TrainingError, match="the loss of 4 batches in a row is nan"):
+        fit(model, opt, ConstantScheduler(opt), loader, val,
+            settings(max_epochs=1, on_nonfinite="skip_batch", nonfinite_patience=4), device=CPU, loss_fn=always_nan)
+
+
+def test_skip_batch_with_accumulation_steps_every_group_that_has_gradients():
+    model, loader, val = toy_problem()  # 6 batches: groups of 2 are (1,2) (3,4) (5,6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = TrainState()
+    metrics = fit(model, opt, ConstantScheduler(opt), loader, val,
+                  settings(max_epochs=1, accumulate_grad_batches=2, on_nonfinite="skip_batch"), device=CPU,
+                  state=state, loss_fn=nan_on_calls(4, 5, 6))
+    # group (1,2): a step; group (3,4): batch 4 skipped, batch 3's gradients still step; group (5,6): nothing
+    assert metrics["step"] == 2
+    assert state.skipped == 3
+
+
+def test_a_skipped_batch_leaves_its_group_the_mean_of_the_batches_that_trained():
+    model, loader, val = toy_problem()  # 6 batches: groups of 2 are (1,2) (3,4) (5,6); batch 4 turns NaN
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, opt, ConstantScheduler(opt), loader, val,
+        settings(max_epochs=1, accumulate_grad_batches=2, on_nonfinite="skip_batch"), device=CPU,
+        loss_fn=nan_on_calls(4))
+
+    reference, same_batches, _ = toy_problem()  # same seed: the same weights and the same shuffle
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    batches = list(same_batches)
+    for group in [(0, 1), (2,), (4, 5)]:  # batch 4 (index 3) dropped: group two is batch 3 alone
+        ref_opt.zero_grad()
+        for i in group:
+            x, y = batches[i]
+            (torch.nn.functional.cross_entropy(reference(x), y) / len(group)).backward()
+        ref_opt.step()
+    for trained, expected in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(trained, expected, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.cuda
@@ -250,5 +249,5 @@ def test_trains_on_cuda():
     model = model.cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sched = CosineWarmupScheduler(opt, 1, 5, 0.01)
-    metrics = fit(model, opt, sched, loader, val, max_epochs=5, device=torch.device("cuda"), progress_bar=False)
+    metrics = fit(model, opt, sched, loader, val, settings(max_epochs=5), device=torch.device("cuda"))
     assert metrics["val/acc"] > 0.8

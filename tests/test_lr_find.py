@@ -10,9 +10,7 @@ import torch
 
 import harness
 from harness.lr_find import lr_range_test, run_lr_find, suggest
-from tests.conftest import FAST, ROOT, compose_config
-from tests.test_loop import toy_problem
-from tests.test_run import read_scalars
+from tests.conftest import FAST, ROOT, compose_config, read_scalars, toy_problem
 
 
 def test_suggestion_is_the_steepest_descent():

@@ -1,23 +1,11 @@
 """harness.run end to end into tmp_path, its TensorBoard events read back with tensorboard's own reader."""
 
-from pathlib import Path
-
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import harness
 from harness.errors import TrainingError
 from harness.schedulers import cosine_warmup_lr
-from tests.conftest import FAST, compose_config
-
-
-def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-STEPS_PER_EPOCH = 23  # 1438 training digits in batches of 64
+from tests.conftest import FAST, STEPS_PER_EPOCH, compose_config, read_scalars
 
 
 @pytest.mark.parametrize("interval", ["epoch", "step"])

@@ -1,8 +1,5 @@
 """Scale and speed: accumulation, precision, compile, the on-device loader, torchrun (DDP) on CPU."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +9,7 @@ from harness.checkpoint import load_checkpoint
 from harness.data import TensorLoader
 from harness.errors import ConfigError
 from harness.experiment import build
-from tests.conftest import FAST, ROOT, compose_config
+from tests.conftest import FAST, compose_config, train
 
 NO_DROPOUT = [*FAST, "model.dropout=0.0", "scheduler.warmup_epochs=1", "trainer.max_epochs=3"]
 
@@ -65,8 +62,7 @@ def test_tensor_loader_shards_cover_the_shuffle_once():
     y = torch.arange(10)
     orders = []
     for rank in range(3):
-        loader = TensorLoader((x, y), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(0),
-                              rank=rank, world_size=3)
+        loader = TensorLoader((x, y), batch_size=2, shuffle=True, seed=0, rank=rank, world_size=3)
         assert len(loader) == 2  # ceil(10 / 3) = 4 samples each
         orders.append(torch.cat([b[1] for b in loader]).tolist())
     single = torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()
@@ -77,16 +73,17 @@ def test_tensor_loader_shards_cover_the_shuffle_once():
     assert sorted(sum(val_shares, [])) == list(range(10))
 
 
-def test_tensor_loader_in_order_batches_are_views_of_the_data():
-    x = torch.arange(10).float().unsqueeze(1)
-    y = torch.arange(10)
-    loader = TensorLoader((x, y), batch_size=4)
-    batches = list(loader)
-    assert [b[1].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert len(batches) == len(loader)
-    assert all(b[0].untyped_storage().data_ptr() == loader.tensors[0].untyped_storage().data_ptr() for b in batches)
-    shard = [b[1].tolist() for b in TensorLoader((x, y), batch_size=2, rank=1, world_size=3, pad=False)]
-    assert shard == [[1, 4], [7]]
+def test_tensor_loader_shuffle_is_a_function_of_seed_and_epoch():
+    x, y = torch.arange(10).float().unsqueeze(1), torch.arange(10)
+    loader = TensorLoader((x, y), batch_size=4, shuffle=True, seed=3)
+    epochs = []
+    for epoch in (0, 1, 0):
+        loader.set_epoch(epoch)
+        epochs.append(torch.cat([b[1] for b in loader]).tolist())
+    assert epochs[0] == epochs[2] != epochs[1]
+    assert sorted(epochs[1]) == list(range(10))
+    in_order = [b[1].tolist() for b in TensorLoader((x, y), batch_size=4)]
+    assert in_order == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 @pytest.mark.slow
@@ -100,21 +97,16 @@ def test_compile_trains_and_checkpoints_plain_weights(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     common = [*NO_DROPOUT[1:]]
-    single = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "data.batch_size=64",
-                             "hydra.run.dir=single"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    single = train([*common, "data.batch_size=64", "hydra.run.dir=single"], tmp_path)
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "train.py"),
-                          *common, "data.batch_size=32"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    ddp = train([*common, "data.batch_size=32"], tmp_path, torchrun=2)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     run_dirs = [p.parent for p in (tmp_path / "outputs").rglob("last.pt")]
     assert len(run_dirs) == 1, "both ranks share rank 0's run directory"
     assert len(list(run_dirs[0].parent.glob("events.out.tfevents.*"))) == 1, "only rank 0 writes TensorBoard"
-    a = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["metrics"]
-    b = load_checkpoint(run_dirs[0] / "last.pt")["metrics"]
+    a = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["train_state"]["metrics"]
+    b = load_checkpoint(run_dirs[0] / "last.pt")["train_state"]["metrics"]
     assert b["step"] == a["step"]
     for key in ("train/loss", "val/loss", "val/acc"):  # same samples per step; only float sums differ
         assert b[key] == pytest.approx(a[key], rel=1e-4), key
@@ -135,29 +127,18 @@ def test_cuda_precisions_train_and_checkpoint_the_scaler(tmp_path, precision):
 
 
 @pytest.mark.slow
-def test_sigterm_under_torchrun_saves_once_and_resumes(tmp_path):
-    import signal
-    import time
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "train.py"),
-            "trainer.max_epochs=30", "data.batch_size=8", "trainer.progress_bar=false", "hydra.run.dir=ddp"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_sigterm_to_one_rank_under_torchrun_stops_both_and_resumes(tmp_path):
+    # batches of 8 on each of 2 ranks: 90 steps an epoch; rank 0 alone gets SIGTERM after step 100
+    args = ["trainer.max_epochs=3", "data.batch_size=8", "trainer.progress_bar=false", "hydra.run.dir=ddp"]
+    stopped = train(args, tmp_path, torchrun=2, signal_at_step=100)
+    assert stopped.returncode != 0
+    assert stopped.stderr.count("stopped by SIGTERM at epoch 2") == 1, "rank 0 alone reports and saves"
+    assert "resume with: torchrun --nproc_per_node=2 train.py" in stopped.stderr
     last = tmp_path / "ddp" / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert stderr.count("stopped by SIGTERM at epoch") == 1, "rank 0 alone reports and saves"
-    assert "resume with: torchrun --nproc_per_node=2 train.py" in stderr
-    stopped = load_checkpoint(last)["progress"]
-    assert stopped["batch"] > 0
+    state = load_checkpoint(last)["train_state"]
+    assert state["step"] == 100 and state["batch"] == 10, "the ranks agree to stop at the next logging point"
 
-    resumed = subprocess.run([*args, "resume=auto"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=300)
+    resumed = train([*args, "resume=auto"], tmp_path, torchrun=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    done = load_checkpoint(last)["progress"]
-    assert done["epoch"] == 30 and done["step"] == 30 * 90
+    done = load_checkpoint(last)["train_state"]
+    assert done["epoch"] == 3 and done["step"] == 3 * 90

@@ -9,10 +9,7 @@ import pytest
 
 import harness
 from harness.schedule import _preview, text_plot
-from tests.conftest import FAST, ROOT, compose_config
-from tests.test_run import read_scalars
-
-STEPS_PER_EPOCH = 23
+from tests.conftest import FAST, ROOT, STEPS_PER_EPOCH, compose_config, read_scalars
 
 
 def read_csv(path):
