@@ -204,6 +204,16 @@ class NonFinitePolicy:
         return True
 
 
+def _stop_requested(stop, synced: bool, device: torch.device) -> bool:
+    """Whether a stop was asked for. Under torchrun the ranks agree with a collective, so they ask only where
+    they sync anyway (``synced``: a logging point or the epoch's last batch), and all stop at the same step."""
+    if stop is None:
+        return False
+    if not is_distributed():
+        return stop.requested
+    return synced and any_rank(stop.requested, device)
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s" if seconds < 60 else (
         f"{int(seconds // 60)}m{seconds % 60:02.0f}s")
@@ -332,9 +342,9 @@ def fit(
                         logger.log({"train/loss": train_loss, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)}},
                                    state.step)
                     bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
-                    sums[1], state.window_loss, state.window_samples = 0.0, 0.0, 0
-                if stop is not None and (stop.requested if not is_distributed() else (
-                        (logging_point or state.batch == n_batches) and any_rank(stop.requested, device))):
+                    sums[1] = 0.0  # a new window starts
+                    state.window_loss, state.window_samples = 0.0, 0
+                if _stop_requested(stop, logging_point or state.batch == n_batches, device):
                     state.epoch_loss, state.window_loss = sums.tolist()
                     nonfinite.check(state.epoch_loss, "the epoch's training loss")  # never save a diverged model
                     saved = save(state, False) if save is not None else "nothing on this rank"

@@ -42,31 +42,19 @@ def test_text_plot_scales_to_the_peak():
 
 
 @pytest.mark.slow
-def test_preview_command_and_side_by_side_sweep(tmp_path):
+def test_preview_command_side_by_side(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    one = subprocess.run([sys.executable, "-m", "harness.schedule", "scheduler=wsd", "scheduler.warmup_epochs=3",
-                          "trainer.max_epochs=40"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert one.returncode == 0, one.stderr[-2000:]
-    assert "WSDScheduler: 40 epochs" in one.stdout
-    (csv_path,) = tmp_path.glob("outputs/schedules/*/*/schedule.csv")
-    rows = read_csv(csv_path)
-    assert len(rows) == 40 and float(rows[-1]["lr/group0"]) == pytest.approx(1e-3)
-    assert (csv_path.parent / "schedule.png").stat().st_size > 10_000
-
-    many = subprocess.run([sys.executable, "-m", "harness.schedule", "-m",
-                           "scheduler=cosine_warmup,wsd,linear_warmup"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    many = subprocess.run([sys.executable, "-m", "harness.schedule", "-m", "scheduler=wsd,linear_warmup",
+                           "trainer.max_epochs=40"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
     assert many.returncode == 0, many.stderr[-2000:]
+    assert "WSDScheduler: 40 epochs" in many.stdout and "LinearWarmupScheduler: 40 epochs" in many.stdout
     (sweep,) = tmp_path.glob("outputs/schedules/multirun/*/*")
-    assert len(list(sweep.glob("*/schedule.csv"))) == 3
-    assert (sweep / "schedule.png").stat().st_size > 10_000
-
-    bad = subprocess.run([sys.executable, "-m", "harness.schedule", "scheduler.warmup_epochs=99"], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1
-    assert bad.stderr.strip() == ("error: scheduler.warmup_epochs=99 must be < scheduler.total_epochs=30 "
-                                  "(it follows trainer.max_epochs)")
+    rows = read_csv(sweep / "0" / "schedule.csv")
+    assert len(rows) == 40 and float(rows[-1]["lr/group0"]) == pytest.approx(1e-3)
+    assert (sweep / "0" / "schedule.png").stat().st_size > 10_000
+    assert len(list(sweep.glob("*/schedule.csv"))) == 2
+    assert (sweep / "schedule.png").stat().st_size > 10_000, "every job's schedule on one figure"
 
 
 def test_a_missing_matplotlib_is_named_and_the_csv_still_written(tmp_path, monkeypatch, capsys):

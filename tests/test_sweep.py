@@ -107,19 +107,19 @@ def test_threads_are_split_between_parallel_jobs(monkeypatch):
 
 
 @pytest.mark.slow
-def test_parallel_sweep_of_three_jobs(tmp_path):
-    rc, stdout, stderr = sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=3",
-                                "scheduler.warmup_epochs=0,1,2", *TINY[:1], *TINY[2:]], tmp_path)
+def test_parallel_sweep_of_two_jobs(tmp_path):
+    rc, stdout, stderr = sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                "scheduler.warmup_epochs=0,1", *TINY[:1], *TINY[2:]], tmp_path)
     assert rc == 0, stderr[-3000:]
-    assert "Joblib.Parallel(n_jobs=3" in stdout + stderr
+    assert "Joblib.Parallel(n_jobs=2" in stdout + stderr
     sweep_dir = only_sweep_dir(tmp_path)
     job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [p.name for p in job_dirs] == ["0", "1", "2"]
+    assert [p.name for p in job_dirs] == ["0", "1"]
     for job in job_dirs:
         assert len(list(job.glob("events.out.tfevents.*"))) == 1
         assert json.loads((job / "result.json").read_text())["status"] == "finished"
     rows = read_summary(sweep_dir)
-    assert sorted(r["overrides"].split()[0] for r in rows) == [f"scheduler.warmup_epochs={w}" for w in (0, 1, 2)]
+    assert sorted(r["overrides"].split()[0] for r in rows) == [f"scheduler.warmup_epochs={w}" for w in (0, 1)]
     accs = [float(r["val/acc"]) for r in rows]
     assert accs == sorted(accs, reverse=True)
     assert f"best job: {rows[0]['job']}" in stdout
@@ -163,10 +163,10 @@ def test_a_failing_job_does_not_sink_the_sweep(tmp_path):
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_is_finished_by_rerunning_the_command(tmp_path):
-    args = ["scheduler.warmup_epochs=0,1,2", "trainer.max_epochs=8", "data.batch_size=8",
+    args = ["scheduler.warmup_epochs=0,1,2", "trainer.max_epochs=3", "data.batch_size=16",
             "trainer.progress_bar=false", "trainer.device=cpu"]
-    # 180 steps an epoch, 1440 a job: step 1440 + 400 is in the third epoch of the second job
-    rc, _, stderr = sweep(args, tmp_path, signal_at_step=1440 + 400)
+    # 90 steps an epoch, 270 a job: step 270 + 150 is in the second epoch of the second job
+    rc, _, stderr = sweep(args, tmp_path, signal_at_step=270 + 150)
     assert rc == 128 + signal.SIGTERM, stderr[-2000:]
     sweep_dir = only_sweep_dir(tmp_path)
     first_job = json.loads((sweep_dir / "0" / "result.json").read_text())
@@ -178,7 +178,7 @@ def test_an_interrupted_sweep_is_finished_by_rerunning_the_command(tmp_path):
     assert rc == 0, stderr[-3000:]
     rows = read_summary(sweep_dir)
     assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
-    assert all(r["status"] == "finished" and r["epochs"] == "8" for r in rows)
+    assert all(r["status"] == "finished" and r["epochs"] == "3" for r in rows)
     assert "nothing to do" in (sweep_dir / "0" / "train.log").read_text()
     assert "resuming from" in (sweep_dir / "1" / "train.log").read_text()
     assert json.loads((sweep_dir / "0" / "result.json").read_text())["metrics"] == first_job["metrics"]
@@ -186,11 +186,11 @@ def test_an_interrupted_sweep_is_finished_by_rerunning_the_command(tmp_path):
 
 @pytest.mark.slow
 def test_submitit_local_launcher(tmp_path):
-    rc, stdout, stderr = sweep(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
-                                "scheduler.warmup_epochs=0,1", *TINY[:1], *TINY[2:]], tmp_path)
+    rc, stdout, stderr = sweep(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *TINY],
+                               tmp_path)
     assert rc == 0, stderr[-3000:]
     rows = read_summary(only_sweep_dir(tmp_path))
-    assert [r["status"] for r in rows] == ["finished", "finished"]
+    assert [r["status"] for r in rows] == ["finished"]
 
 
 def test_a_missing_sweep_plugin_says_how_to_install_it(monkeypatch, capsys):
