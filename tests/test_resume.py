@@ -115,7 +115,7 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_sigterm_mid_epoch_then_the_printed_resume_command_gives_the_uninterrupted_numbers(tmp_path):
     # batches of 16: 90 steps an epoch, so step 120 is batch 30 of epoch 2
     common = ["trainer.max_epochs=2", "scheduler.warmup_epochs=1", "data.batch_size=16", "trainer.progress_bar=false"]
-    assert train([*common, "hydra.run.dir=full"], tmp_path).returncode == 0
+    harness.run(compose_config(common), tmp_path / "full")  # the uninterrupted run, in this process
     stopped = train(common, tmp_path, signal_at_step=120)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     assert "stopped by SIGTERM at epoch 2, step 120" in stopped.stderr and "Traceback" not in stopped.stderr
