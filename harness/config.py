@@ -73,7 +73,9 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
         raise ConfigError(f"trainer={values!r} must be a group of settings, e.g. trainer.max_epochs=30")
     unknown = sorted(set(values) - set(TrainerConfig.__dataclass_fields__))
     if unknown:
-        raise ConfigError(f"trainer.{unknown[0]} is not a trainer setting; see conf/trainer/default.yaml for those there are")
+        raise ConfigError(
+            f"trainer.{unknown[0]} is not a trainer setting; see conf/trainer/default.yaml for those there are"
+        )
     try:
         return TrainerConfig(**values)
     except ValueError as e:

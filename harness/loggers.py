@@ -39,7 +39,8 @@ def _wait_for_a_later_second(log_dir: Path) -> None:
     """TensorBoard reads a run's event files in name order, and a name starts with the second the file was
     made: a resumed run's file must not share the interrupted one's second, or it may be read first and its
     ``purge_step`` be undone."""
-    stamps = [int(p.name.split(".")[3]) for p in log_dir.glob("events.out.tfevents.*") if p.name.split(".")[3].isdigit()]
+    names = [p.name.split(".") for p in log_dir.glob("events.out.tfevents.*")]
+    stamps = [int(parts[3]) for parts in names if parts[3].isdigit()]
     if stamps and max(stamps) >= int(time.time()):
         time.sleep(max(stamps) + 1 - time.time())
 

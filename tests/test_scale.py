@@ -105,7 +105,7 @@ def test_torchrun_stopped_by_a_signal_to_one_rank_resumes_and_matches_one_proces
     stopped = train(ddp, tmp_path, torchrun=2, signal_at_step=25)
     assert stopped.returncode != 0
     assert stopped.stderr.count("stopped by SIGTERM at epoch 2, step 30") == 1, stopped.stderr[-3000:]
-    assert f"resume with: torchrun --nproc_per_node=2 train.py" in stopped.stderr
+    assert "resume with: torchrun --nproc_per_node=2 train.py" in stopped.stderr
     last = tmp_path / "ddp" / "checkpoints" / "last.pt"
     assert load_checkpoint(last)["train_state"]["batch"] == 7
     resumed = train([*ddp, "resume=auto"], tmp_path, torchrun=2)
