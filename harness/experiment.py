@@ -9,6 +9,7 @@ as it stands. Keys a group holds for the harness itself, not for its ``_target_`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -362,7 +363,7 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
     checkpointer = Checkpointer(run_dir / "checkpoints", c.module, c.optimizer, c.scheduler, c.scaler, extra,
                                 latest=str(resume_from) if resume_from else None) if main else None
     logger = TensorBoardLogger(run_dir, purge_step=state.step + 1 if checkpoint else None) if main else None
-    trainer = c.trainer if main else TrainerConfig(**{**vars(c.trainer), "progress_bar": False})
+    trainer = c.trainer if main else dataclasses.replace(c.trainer, progress_bar=False)
     try:
         with StopOnSignal() as stop:
             if logger is not None:
