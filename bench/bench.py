@@ -18,6 +18,8 @@ Contenders:
 * harness                   `python train.py` at its defaults (TensorBoard, a synchronous atomic `last.pt`
                             every epoch and `best.pt` on improvements, the epoch log lines, and the progress
                             bar drawn into a fake terminal that discards it);
+* harness, last.pt at the end   the same with `trainer.checkpoint_every_n_epochs=0`: the loop and its
+                            logging without the per-epoch save;
 * lightning                 Lightning's Trainer at its defaults (only with the `bench` extra installed).
 
 Columns (medians over the rounds): steps/s from the end of the first optimizer step to the end of training,
@@ -227,14 +229,15 @@ def harness_overrides(job: dict, run_dir: str) -> list[str]:
             f"data.num_workers={CNN_WORKERS}", "data.on_device=false", *common]
 
 
-def worker_harness(job: dict) -> dict:
-    """`python train.py` with the job's overrides, run in this process so the step hook sees its steps."""
+def worker_harness(job: dict, extra: tuple[str, ...] = ()) -> dict:
+    """`python train.py` with the job's overrides (and ``extra`` ones), run in this process so the step hook
+    sees its steps."""
     import runpy
 
     marks = _record_steps()
     stderr, sys.stderr = sys.stderr, _Terminal()
     with tempfile.TemporaryDirectory(dir=job["tmp"]) as tmp:
-        sys.argv = [str(ROOT / "train.py"), *harness_overrides(job, f"{tmp}/run")]
+        sys.argv = [str(ROOT / "train.py"), *harness_overrides(job, f"{tmp}/run"), *extra]
         try:
             runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
         except SystemExit as e:
@@ -303,6 +306,8 @@ WORKERS = {
     HAND: worker_hand,
     "hand loop + torch.save": lambda job: worker_hand(job, save_every_epoch=True),
     "harness": worker_harness,
+    # last.pt at the end (and best.pt on new bests) instead of after every epoch: the loop's own cost
+    "harness, last.pt at the end": lambda job: worker_harness(job, ("trainer.checkpoint_every_n_epochs=0",)),
     "lightning": worker_lightning,
 }
 
@@ -489,7 +494,7 @@ def parse_args() -> argparse.Namespace:
 
 def contenders() -> list[str]:
     """The contenders: Lightning's row only where it is installed."""
-    names = [HAND, "hand loop + torch.save", "harness"]
+    names = [HAND, "hand loop + torch.save", "harness", "harness, last.pt at the end"]
     if importlib.util.find_spec("lightning") is None:
         print("(lightning not installed: pip install -e '.[bench]' to compare against it)\n")
         return names

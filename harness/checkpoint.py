@@ -11,12 +11,12 @@ Layout of a checkpoint (``torch.save`` of a dict; every value is a tensor or pla
 
 from __future__ import annotations
 
+import io
 import os
 import random
-import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,15 +25,15 @@ from harness.errors import CheckpointError
 from harness.loop import TrainState
 from harness.schedulers import ClosedFormScheduler
 
-__all__ = ["REQUIRED_KEYS", "Checkpointer", "capture_rng", "restore_rng", "save_atomic", "write_atomic",
+__all__ = ["REQUIRED_KEYS", "Checkpointer", "capture_rng", "restore_rng", "save_atomic", "serialize", "write_atomic",
            "load_checkpoint", "resolve_resume", "restore_training_state"]
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "rng")
 LAST, BEST = "last.pt", "best.pt"
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
-    """Calls ``write(file)`` on a temporary file beside ``path``, fsyncs it, renames it over ``path`` with
+def write_atomic(path: str | Path, data: bytes | memoryview) -> Path:
+    """Writes ``data`` to a temporary file beside ``path``, fsyncs it, renames it over ``path`` with
     ``os.replace`` and fsyncs the directory: a process killed at any point leaves ``path`` old or new,
     never partial.
 
@@ -44,7 +44,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,9 +62,17 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     return path
 
 
+def serialize(state: Mapping[str, Any]) -> memoryview:
+    """``torch.save(state)`` into memory. Written out in one piece, it costs less than ``torch.save``
+    straight into a file, which writes each tensor's record separately (Lightning saves this way too)."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    return buffer.getbuffer()
+
+
 def save_atomic(state: Mapping[str, Any], path: str | Path) -> Path:
     """``torch.save(state)`` to ``path`` atomically (see :func:`write_atomic`)."""
-    return write_atomic(path, lambda f: torch.save(dict(state), f))
+    return write_atomic(path, serialize(state))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -118,12 +126,18 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
 
 
 def capture_rng() -> dict[str, Any]:
-    """Every global generator training draws from (dropout, augmentations), as plain data and tensors."""
+    """Every global generator training draws from (dropout, augmentations), as tensors and plain numbers.
+
+    Python's and NumPy's 624-word Mersenne Twister states are stored as int64 tensors: ``weights_only``
+    loading reads them, and pickling one tensor is far cheaper than 624 Python ints.
+    """
+    version, internal, gauss = random.getstate()
     numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()  # weights_only loads no numpy arrays
     return {
-        "python": random.getstate(),
-        "numpy": numpy_state,
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {**numpy_state,
+                  "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                            "pos": numpy_state["state"]["pos"]}},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
@@ -131,11 +145,11 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(rng: Mapping[str, Any]) -> None:
     """Puts back the generators saved by :func:`capture_rng`."""
-    version, internal, gauss = rng["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = {**rng["numpy"], "state": {**rng["numpy"]["state"]}}
-    numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)
-    np.random.set_state(numpy_state)
+    python = rng["python"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
+    numpy_state = rng["numpy"]
+    key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state({**numpy_state, "state": {"key": key, "pos": numpy_state["state"]["pos"]}})
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"][: torch.cuda.device_count()])
@@ -223,12 +237,11 @@ class Checkpointer:
             CheckpointError: a file could not be written (a full disk, say); the previous one is intact.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        state = self.state(train_state)
+        data = serialize(self.state(train_state))
         try:
-            write_atomic(self.last_path, lambda f: torch.save(state, f))
+            write_atomic(self.last_path, data)
             if is_best:
-                with open(self.last_path, "rb") as last:
-                    write_atomic(self.directory / BEST, lambda f: shutil.copyfileobj(last, f))
+                write_atomic(self.directory / BEST, data)
         except OSError as e:
             raise CheckpointError(f"could not write a checkpoint in {self.directory} ({e.strerror or e}); "
                                   "free some space or point hydra.run.dir elsewhere, then resume=auto") from e

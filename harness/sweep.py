@@ -48,7 +48,7 @@ def write_result(run_dir: str | Path, status: str, overrides: list[str], elapsed
         "metrics": metrics or previous.get("metrics", {}),
         "error": error,
     }
-    write_atomic(path, lambda f: f.write(json.dumps(record, indent=2).encode()))
+    write_atomic(path, json.dumps(record, indent=2).encode())
     return path
 
 
