@@ -2,53 +2,49 @@
 
 A thin shell: Hydra composes the config and picks the run directory; `harness.run` does the rest.
 A single run that hits an anticipated error (a wrong setting, a missing data set or checkpoint, a NaN
-loss) prints one line and exits 1; a stop on SIGINT/SIGTERM saves last.pt, says how to resume, and exits
-128 + the signal number. In a sweep (-m) a failed job is recorded in its result.json and returns NaN, so
-the other jobs go on; the sweep summary then exits 1.
+loss, a run directory in use) prints one line and exits 1; a stop on SIGINT/SIGTERM/SIGHUP during training
+saves last.pt, says how to resume, and exits 128 + the signal number; a signal before training starts, or a
+second one, stops at once, in one line. In a sweep (-m) a failed job is recorded in its result.json and
+returns NaN, so the other jobs go on; the sweep summary then exits 1.
 """
 
-import importlib.util
-import logging
-import math
-import os
-import sys
-import time
-from datetime import datetime
+from harness.cli import prepare_process
 
-import hydra
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+prepare_process()  # first, before the slow imports: from here on a signal or a closed stream can't traceback
 
-import harness
-from harness.distributed import broadcast_object, setup, world
-from harness.errors import HarnessError, Interrupted
-from harness.experiment import register_resolvers
-from harness.sweep import write_result
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+import harness  # noqa: E402
+from harness.cli import (  # noqa: E402
+    check_command_line,
+    hydra_value,
+    one_line,
+    report_and_exit,
+    shell_command,
+    warn_about_added_keys,
+)
+from harness.distributed import broadcast_object, setup, world  # noqa: E402
+from harness.errors import ConfigError, HarnessError, Interrupted, Stopped  # noqa: E402
+from harness.experiment import register_resolvers  # noqa: E402
+from harness.rundir import remove_if_unused  # noqa: E402
+from harness.signals import signal_name  # noqa: E402
+from harness.sweep import write_result  # noqa: E402
 
 log = logging.getLogger("train")
 
 register_resolvers()  # conf/ names them: the run dir (kept on resume), the start time, sweep direction
-
-
-# Options that need a Hydra plugin from the `sweep` extra, and the plugin's module.
-_PLUGIN_OPTIONS = {
-    "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper",
-    "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
-    "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
-    "hydra/launcher=submitit": "hydra_plugins.hydra_submitit_launcher",
-}
-
-
-def _check_plugins(argv: list[str]) -> None:
-    """Says how to install a sweep plugin the command line asks for, instead of Hydra's 'Could not find'."""
-    for arg in argv:
-        for option, module in _PLUGIN_OPTIONS.items():
-            if arg.startswith(option) and importlib.util.find_spec(module) is None:
-                print(f"error: {arg} needs a Hydra plugin that is not installed; "
-                      "install the sweep extra: pip install -e \".[sweep]\"", file=sys.stderr)
-                sys.exit(1)
 
 
 def _threads_per_job(hydra_cfg: DictConfig) -> int:
@@ -59,6 +55,13 @@ def _threads_per_job(hydra_cfg: DictConfig) -> int:
     return max(1, cores // max(1, parallel))
 
 
+def resume_command(overrides: list[str], run_dir: str) -> str:
+    """The command that continues the run in ``run_dir``: the same overrides, ``resume=`` pointing at it."""
+    launcher = ["torchrun", f"--nproc_per_node={world().size}"] if world().size > 1 else ["python"]
+    kept = [o for o in overrides if not o.startswith("resume=")]
+    return shell_command([*launcher, "train.py", *kept, f"resume={hydra_value(run_dir)}"])
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Trains one run and returns ``cfg.optimized_metric``, the objective for Hydra sweepers."""
@@ -66,47 +69,66 @@ def main(cfg: DictConfig) -> float:
     run_dir = hydra_cfg.runtime.output_dir
     overrides = list(hydra_cfg.overrides.task)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    warn_about_added_keys(cfg, overrides)
     if sweeping and cfg.resume is None:
         cfg.resume = "auto"  # rerunning a sweep into its directory skips finished jobs, resumes the rest
     if sweeping:
         torch.set_num_threads(_threads_per_job(hydra_cfg))  # trainer.num_threads, if set, wins in run()
     main_rank = world().is_main  # under torchrun, rank 0 records the result and talks to the user
-    record = write_result if main_rank else (lambda *args, **kwargs: None)
+
+    def record(status: str, **details) -> None:
+        if main_rank and Path(run_dir).is_dir():
+            try:
+                write_result(run_dir, status, overrides, time.monotonic() - started, **details)
+            except OSError as e:  # a full disk: the run's own outcome matters more than its record
+                log.warning("could not write %s/result.json (%s)", run_dir, e.strerror or e)
+
     started = time.monotonic()
     try:
         metrics = harness.run(cfg, run_dir=run_dir)
     except Interrupted as e:
-        record(run_dir, "interrupted", overrides, time.monotonic() - started, error=str(e))
-        hint = [o for o in overrides if not o.startswith("resume=")] + [f"resume={run_dir}"]
+        record("interrupted", error=str(e))
         if main_rank:
-            launcher = f"torchrun --nproc_per_node={world().size}" if world().size > 1 else "python"
-            print(f"{e}\nresume with: {launcher} train.py {' '.join(hint)}", file=sys.stderr)
+            print(f"{e}\nresume with: {resume_command(overrides, run_dir)}", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except KeyboardInterrupt:
-        record(run_dir, "interrupted", overrides, time.monotonic() - started, error="stopped at once")
-        print(f"stopped at once; the last checkpoint in {run_dir}/checkpoints is intact", file=sys.stderr)
-        sys.exit(130)
+    except Stopped as e:
+        record("interrupted", error="stopped at once")
+        last = Path(run_dir) / "checkpoints" / "last.pt"
+        kept = (f"the last checkpoint, {last}, is intact; resume with: {resume_command(overrides, run_dir)}"
+                if last.is_file() else "no checkpoint was written, nothing to resume")
+        raise Stopped(e.signum, f"stopped at once by {signal_name(e.signum)}; {kept}") from None
     except Exception as e:
-        message = " ".join(str(e).split()) if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}"
-        record(run_dir, "failed", overrides, time.monotonic() - started, error=message)
+        message = one_line(e) if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}"
         if not sweeping:
             if not isinstance(e, HarnessError):
                 raise  # a bug: keep the traceback
-            print(f"error: {message}", file=sys.stderr)  # always one line
-            sys.exit(1)
+            if not remove_if_unused(run_dir):  # a failed start leaves no empty run folder behind
+                record("failed", error=message)
+            report_and_exit(e)  # one line, exit 1 (raised further, Hydra would print its own report)
+        record("failed", error=message)
         log.error("job failed: %s", message, exc_info=not isinstance(e, HarnessError))
-        return math.nan  # the sweep goes on; Optuna records a NaN trial as failed
-    record(run_dir, "finished", overrides, time.monotonic() - started, metrics=metrics)
+        return math.nan  # the sweep goes on; the Optuna sweeper records a NaN trial as failed
+    record("finished", metrics=metrics)
     return metrics[cfg.optimized_metric]
 
 
 def _share_run_stamp() -> None:
     """Fixes this launch's start time; under torchrun, rank 0's, so all ranks name one run directory."""
     setup()  # joins torchrun's process group before Hydra picks the run directory
+    stamp = os.environ.get("HARNESS_RUN_STAMP")
+    if stamp:
+        try:
+            datetime.fromisoformat(stamp)
+        except ValueError:
+            raise ConfigError(f"environment variable HARNESS_RUN_STAMP={stamp!r} is not an ISO date and time; "
+                              "unset it (the harness sets it for the processes of one launch)") from None
     os.environ.setdefault("HARNESS_RUN_STAMP", broadcast_object(datetime.now().isoformat()))
 
 
 if __name__ == "__main__":
-    _check_plugins(sys.argv[1:])
-    _share_run_stamp()
-    main()
+    try:
+        check_command_line(sys.argv[1:])
+        _share_run_stamp()
+        main()
+    except (HarnessError, Stopped) as error:
+        report_and_exit(error)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.checkpoint_schema import check_checkpoint
 from harness.errors import CheckpointError
 from harness.loop import TrainState
 from harness.schedulers import ClosedFormScheduler
@@ -92,9 +93,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"resume={path} is not a readable checkpoint (truncated or corrupt: {reason}); "
             f"resume from another one, e.g. {path.with_name(BEST)}, or start fresh without resume="
         ) from e
-    missing = [k for k in REQUIRED_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
-    if missing:
-        raise CheckpointError(f"resume={path} is not a harness checkpoint (it has no {', '.join(missing)})")
+    try:
+        check_checkpoint(checkpoint)
+    except ValueError as e:
+        raise CheckpointError(f"resume={path} is not a harness checkpoint ({e}); resume from one this harness "
+                              "wrote, or start fresh without resume=") from e
     return checkpoint
 
 
@@ -185,6 +188,11 @@ def restore_training_state(checkpoint: Mapping[str, Any], model, optimizer, sche
         raise CheckpointError(f"cannot resume: the optimizer differs from the checkpoint's ({e})") from e
     for group, fresh in zip(optimizer.param_groups, settings):
         group.update(fresh)
+    expected, saved = set(scheduler.state_dict()), set(checkpoint["scheduler"])
+    if expected != saved:  # torch's schedulers would take any keys, silently
+        differ = ", ".join(sorted(expected ^ saved))
+        raise CheckpointError(f"cannot resume: the scheduler differs from the checkpoint's (settings that differ: "
+                              f"{differ}); resume with the scheduler it was trained with")
     scheduler.load_state_dict(checkpoint["scheduler"])
     if scaler is not None and scaler.is_enabled() and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
@@ -236,14 +244,16 @@ class Checkpointer:
         Raises:
             CheckpointError: a file could not be written (a full disk, say); the previous one is intact.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
         data = serialize(self.state(train_state))
-        try:
-            write_atomic(self.last_path, data)
-            if is_best:
-                write_atomic(self.directory / BEST, data)
-        except OSError as e:
-            raise CheckpointError(f"could not write a checkpoint in {self.directory} ({e.strerror or e}); "
-                                  "free some space or point hydra.run.dir elsewhere, then resume=auto") from e
+        for path in (self.last_path, self.directory / BEST) if is_best else (self.last_path,):
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, data)
+            except OSError as e:
+                kept = f"the previous {path.name} is intact" if path.exists() else "no earlier one to keep"
+                raise CheckpointError(
+                    f"could not write {path} ({e.strerror or e}); {kept}; free some space (or move the run) "
+                    f"and resume with resume={self.directory.parent}"
+                ) from e
         self.latest = f"{self.last_path} (epoch {train_state.epoch}, step {train_state.step})"
         return self.latest

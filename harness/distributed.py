@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from harness.errors import ConfigError
+
 __all__ = ["World", "world", "setup", "teardown", "is_distributed", "all_reduce_sum", "sum_over_ranks", "any_rank",
            "broadcast_object"]
 
@@ -29,13 +31,36 @@ class World:
         return self.rank == 0
 
 
+def _env_int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise ConfigError(f"environment variable {name}={raw!r} must be an integer >= {minimum} (torchrun sets it; "
+                          f"unset it to train in one process)")
+    return value
+
+
 def world() -> World:
-    """The world torchrun describes in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)."""
-    return World(
-        rank=int(os.environ.get("RANK", 0)),
-        size=int(os.environ.get("WORLD_SIZE", 1)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-    )
+    """The world torchrun describes in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+
+    Raises:
+        ConfigError: one of them is not a number, or they don't fit together (``RANK`` beyond ``WORLD_SIZE``,
+            or a multi-process world without torchrun's rendezvous address).
+    """
+    w = World(rank=_env_int("RANK", 0, 0), size=_env_int("WORLD_SIZE", 1, 1), local_rank=_env_int("LOCAL_RANK", 0, 0))
+    if w.rank >= w.size or w.local_rank >= w.size:
+        raise ConfigError(f"environment: RANK={w.rank} and LOCAL_RANK={w.local_rank} must be < WORLD_SIZE={w.size}; "
+                          "launch with torchrun, or unset them to train in one process")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if w.size > 1 and not os.environ.get(name)]
+    if missing:
+        raise ConfigError(f"environment: WORLD_SIZE={w.size} but {' and '.join(missing)} not set; launch with "
+                          "torchrun (it sets them), or unset WORLD_SIZE to train in one process")
+    return w
 
 
 def setup() -> World:
@@ -46,9 +71,14 @@ def setup() -> World:
     """
     w = world()
     if w.size > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(w.local_rank)
-        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.set_device(w.local_rank)
+            dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+        except (RuntimeError, ValueError) as e:  # an unreachable or malformed rendezvous address, say
+            reason = " ".join(str(e).split())[:200]
+            raise ConfigError(f"could not join the torchrun process group ({reason}); check MASTER_ADDR and "
+                              "MASTER_PORT, or unset WORLD_SIZE to train in one process") from e
     return w
 
 

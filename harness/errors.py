@@ -30,3 +30,16 @@ class Interrupted(HarnessError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class RunDirError(HarnessError):
+    """A run directory that cannot be used: not creatable, or in use by another live process."""
+
+
+class Stopped(BaseException):
+    """A signal that stops the process at once (before training starts, or a second Ctrl-C): nothing more is
+    saved. A ``BaseException``, like ``KeyboardInterrupt``, so no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,14 +32,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from harness import distributed
-from harness.checkpoint import Checkpointer, load_checkpoint, resolve_resume, restore_training_state
+from harness.checkpoint import LAST, Checkpointer, load_checkpoint, resolve_resume, restore_training_state
 from harness.config import validate
 from harness.data import DataSplits, TensorLoader, make_loaders
-from harness.distributed import World, world
+from harness.distributed import World, broadcast_object, world
 from harness.errors import CheckpointError, ConfigError, HarnessError, TrainingError
 from harness.loggers import TensorBoardLogger
 from harness.loop import TrainerConfig, TrainState, better_direction, fit
 from harness.models import count_parameters
+from harness.rundir import LOCK, RunLock, claim, claim_as
 from harness.signals import StopOnSignal
 from harness.version import __version__
 
@@ -216,20 +218,36 @@ def build(cfg: DictConfig, trainer: TrainerConfig | None = None) -> Components:
                       trainer)
 
 
-def resume_run_dir(resume: str | None, default: str) -> str:
-    """Hydra's run directory for a ``resume`` setting: the resumed run's own, so it continues in place.
+def unique_dir(default: str) -> str:
+    """``default``, or ``default-1``, ... : a directory no other run has (see :func:`harness.rundir.claim`).
+    Under torchrun rank 0 claims it and the other ranks take its name."""
+    w = world()
+    claimed = claim(default, owner=w.is_main)
+    if w.size > 1:
+        claimed = broadcast_object(claimed)
+        claim_as(default, claimed)  # later resolutions on this rank give the same name
+    return claimed
 
-    ``resume=<run dir>`` or ``resume=<run dir>/checkpoints/<name>.pt`` gives that run directory;
-    ``null``, ``auto``, another ``.pt`` file or a path that does not exist gives ``default`` (the error
-    about a missing path comes later, from :func:`harness.checkpoint.resolve_resume`, without creating that path).
+
+def resume_run_dir(resume: str | None, default: str) -> str:
+    """Hydra's run directory for a ``resume`` setting: the resumed run's own, so it continues in place, when
+    that loses nothing; else a new one (see :func:`unique_dir`).
+
+    ``resume=<run dir>`` or ``resume=<run dir>/checkpoints/last.pt`` gives that run directory, and so does
+    another checkpoint of a run that has no ``last.pt``. A checkpoint older than its run's ``last.pt``
+    (``best.pt``, say) starts a new run directory, so the newer ``last.pt`` is never overwritten. ``null``,
+    ``auto``, a ``.pt`` file outside a run or a path that does not exist gives a new directory (the error
+    about a missing path comes later, from :func:`harness.checkpoint.resolve_resume`).
     """
-    if resume in (None, "auto"):
-        return default
-    path = Path(resume)
-    if path.is_file():
-        # A checkpoint outside a run's checkpoints/ folder starts a new run directory.
-        path = path.parent.parent if path.parent.name == "checkpoints" else Path(default)
-    return str(path) if path.is_dir() else default
+    if resume not in (None, "auto"):
+        path = Path(resume)
+        if path.is_dir():
+            return str(path)
+        if path.is_file() and path.parent.name == "checkpoints":
+            last = path.parent / LAST
+            if path.name == LAST or not last.exists():
+                return str(path.parent.parent)
+    return unique_dir(default)
 
 
 def hydra_subdir(run_dir: str, stamp: str) -> str | None:
@@ -252,12 +270,14 @@ def run_stamp(pattern: str) -> str:
 def register_resolvers() -> None:
     """Registers the OmegaConf resolvers ``conf/`` uses; every Hydra entry point calls it first.
 
-    ``harness_run_dir`` (``resume=<run dir>`` continues in that directory), ``harness_hydra_subdir`` (a
+    ``harness_run_dir`` (``resume=<run dir>`` continues in that directory, a new run gets a directory of its
+    own), ``harness_unique`` (a sweep directory of its own), ``harness_hydra_subdir`` (a
     resume keeps the run's first ``.hydra``), ``harness_now`` (one start time for all torchrun ranks) and
     ``harness_direction`` (an Optuna search maximises accuracies and minimises losses).
     """
     resolvers = {
         "harness_run_dir": resume_run_dir,
+        "harness_unique": unique_dir,
         "harness_hydra_subdir": hydra_subdir,
         "harness_now": run_stamp,
         "harness_direction": lambda metric: "maximize" if better_direction(metric) == "max" else "minimize",
@@ -328,21 +348,43 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         torch.set_num_threads(trainer.num_threads)
     resume_from = resolve_resume(cfg.resume, run_dir)
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-    existing = Path(run_dir) / "checkpoints" / "last.pt"
+    run_dir = Path(run_dir)
+    made_dir = not run_dir.exists()
+    lock = RunLock(run_dir) if world().is_main else None  # one live process per run directory
+    try:
+        _check_start(run_dir, checkpoint, resume_from)
+        if checkpoint is not None and checkpoint["train_state"]["epoch"] >= trainer.max_epochs:
+            log.info("%s: %d epochs already trained (trainer.max_epochs=%d), nothing to do",
+                     resume_from, checkpoint["train_state"]["epoch"], trainer.max_epochs)
+            return checkpoint["train_state"].get("metrics", {})
+        c = build(cfg, trainer)
+        try:
+            return _train(cfg, c, run_dir, checkpoint, resume_from)
+        finally:
+            distributed.teardown()
+    except BaseException:
+        if made_dir and lock is not None and [p.name for p in run_dir.iterdir()] == [LOCK]:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves nothing behind
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_start(run_dir: Path, checkpoint: dict | None, resume_from: Path | None) -> None:
+    """Refuses to start afresh over a run's checkpoints; says where a resume from another run continues."""
+    existing = run_dir / "checkpoints" / LAST
     if checkpoint is None and existing.exists():
         raise CheckpointError(
             f"{run_dir} already holds a run ({existing}); pass resume=auto to continue it, "
             "or choose another directory (hydra.run.dir=...) to start a new one"
         )
-    if checkpoint is not None and checkpoint["train_state"]["epoch"] >= trainer.max_epochs:
-        log.info("%s: %d epochs already trained (trainer.max_epochs=%d), nothing to do",
-                 resume_from, checkpoint["train_state"]["epoch"], trainer.max_epochs)
-        return checkpoint["train_state"].get("metrics", {})
-    c = build(cfg, trainer)
-    try:
-        return _train(cfg, c, Path(run_dir), checkpoint, resume_from)
-    finally:
-        distributed.teardown()
+    if resume_from is None or resume_from.parent.parent.resolve() == run_dir.resolve():
+        return
+    newer = resume_from.with_name(LAST)
+    kept = resume_from.parent.name == "checkpoints" and newer.exists()
+    why = f"; {newer}, which is newer, stays as it is" if kept else ""
+    log.warning("resuming from %s in a new run directory, %s%s", resume_from, run_dir, why)
 
 
 def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | None,

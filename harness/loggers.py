@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
+
+from harness.errors import RunDirError
 
 __all__ = ["Logger", "MemoryLogger", "TensorBoardLogger"]
 
@@ -58,16 +61,27 @@ class TensorBoardLogger:
     def __init__(self, log_dir: str | Path, purge_step: int | None = None, flush_secs: int = 10) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported here: runs that log nothing don't pay for it
 
-        log_dir = Path(log_dir)
+        log_dir = self.log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         if purge_step is not None:
             _wait_for_a_later_second(log_dir)
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=flush_secs)
 
+    @contextmanager
+    def _writing(self):
+        """The writer's own thread reports a failed write (a full disk) at the next call: one line, not a
+        traceback."""
+        try:
+            yield
+        except OSError as e:
+            raise RunDirError(f"could not write TensorBoard events in {self.log_dir} ({e.strerror or e}); "
+                              "free some space, then resume the run") from e
+
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Records each scalar in ``metrics`` at x = ``step``."""
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, step)
+        with self._writing():
+            for tag, value in metrics.items():
+                self.writer.add_scalar(tag, value, step)
 
     def log_hparams(self, hparams: Mapping[str, object], metric_tags: list[str]) -> None:
         """Records the run's hyper-parameters for TensorBoard's HParams tab, with ``metric_tags`` (scalar tags this
@@ -76,12 +90,14 @@ class TensorBoardLogger:
 
         values = {k: v if isinstance(v, (int, float, str)) else str(v) for k, v in hparams.items()}
         # The metrics' values come from their scalar curves; the summaries only name them.
-        for summary in hparams_summaries(values, {tag: 0.0 for tag in metric_tags}):
-            self.writer.file_writer.add_summary(summary)
+        with self._writing():
+            for summary in hparams_summaries(values, {tag: 0.0 for tag in metric_tags}):
+                self.writer.file_writer.add_summary(summary)
 
     def close(self) -> None:
         """Writes everything logged to the file and closes it."""
-        self.writer.close()
+        with self._writing():
+            self.writer.close()
 
     def __enter__(self) -> TensorBoardLogger:
         return self

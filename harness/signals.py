@@ -1,5 +1,7 @@
-"""Graceful stops: the first SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption) asks training to stop
-after the current optimizer step; a second one stops at once."""
+"""Signals: during training, the first SIGINT (Ctrl-C), SIGTERM (a cluster's preemption) or SIGHUP (a closed
+terminal, treated as SIGTERM) asks the loop to stop after the current optimizer step and save; a second one,
+or one outside training (start-up, the final write-out), stops at once with :class:`harness.errors.Stopped`,
+which ``train.py`` reports in one line."""
 
 from __future__ import annotations
 
@@ -7,16 +9,39 @@ import signal
 import sys
 import threading
 
-__all__ = ["StopOnSignal"]
+from harness.errors import Stopped
+
+__all__ = ["StopOnSignal", "STOP_SIGNALS", "stop_at_once_on_signals", "signal_name"]
+
+# SIGHUP does not exist on Windows.
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15, and so on."""
+    return signal.Signals(signum).name
+
+
+def _stop_at_once(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def stop_at_once_on_signals() -> None:
+    """Makes every stop signal raise :class:`Stopped` (in the main thread only, where Python can install
+    handlers): ``train.py`` does this first, so a signal during imports, config composition or data loading
+    ends the process with one line instead of a traceback or a silent death."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _stop_at_once)
 
 
 class StopOnSignal:
-    """Context manager that turns SIGINT/SIGTERM into a flag the loop checks after every step.
+    """Context manager that turns SIGINT/SIGTERM/SIGHUP into a flag the loop checks after every step.
 
     Outside the main thread (where Python can't install handlers) it does nothing and never requests a stop.
     """
 
-    def __init__(self, signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    def __init__(self, signums: tuple[int, ...] = STOP_SIGNALS) -> None:
         self.signums = signums
         self.received: int | None = None
         self._previous: dict[int, object] = {}
@@ -27,14 +52,14 @@ class StopOnSignal:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else ""
+        return signal_name(self.received) if self.received is not None else ""
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.received is not None:
-            raise KeyboardInterrupt  # the second signal: stop now, without a checkpoint
+            raise Stopped(signum)  # the second signal: stop now, without a checkpoint
         self.received = signum
         print(
-            f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt "
+            f"\n{signal_name(signum)}: stopping after this step and saving last.pt "
             "(Ctrl-C again to stop at once)",
             file=sys.stderr,
             flush=True,

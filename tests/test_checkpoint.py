@@ -18,7 +18,7 @@ from harness.checkpoint import (
     restore_training_state,
     save_atomic,
 )
-from harness.errors import CheckpointError
+from harness.errors import CheckpointError, Stopped
 from harness.loop import TrainState
 from harness.schedulers import CosineWarmupScheduler
 from harness.signals import StopOnSignal
@@ -27,9 +27,9 @@ from harness.signals import StopOnSignal
 def minimal_state(value: float = 1.0) -> dict:
     return {
         "model": {"w": torch.full((3,), value)},
-        "optimizer": {},
+        "optimizer": {"state": {}, "param_groups": [{"params": [0], "lr": 0.1}]},
         "scheduler": {},
-        "train_state": {"epoch": 1},
+        "train_state": {"epoch": 1, "step": 5},
         "rng": capture_rng(),
     }
 
@@ -44,7 +44,7 @@ def test_checkpoint_is_plain_data_that_loads_with_weights_only(tmp_path):
     path = save_atomic(minimal_state(), tmp_path / "last.pt")
     loaded = torch.load(path, weights_only=True)
     assert torch.equal(loaded["model"]["w"], torch.ones(3))
-    assert load_checkpoint(path)["train_state"] == {"epoch": 1}
+    assert load_checkpoint(path)["train_state"] == {"epoch": 1, "step": 5}
 
 
 def test_rng_round_trip_through_a_file(tmp_path):
@@ -84,7 +84,8 @@ def test_a_full_disk_fails_in_one_line_and_keeps_the_previous_checkpoint(tmp_pat
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(CheckpointError) as info:
         ckpt.save(TrainState(epoch=2, step=10), is_best=True)
-    assert f"could not write a checkpoint in {tmp_path} (No space left on device)" in str(info.value)
+    assert f"could not write {tmp_path / 'last.pt'} (No space left on device); the previous last.pt is intact" in str(
+        info.value)
     assert "\n" not in str(info.value)
     monkeypatch.undo()
     assert (tmp_path / "last.pt").read_bytes() == before
@@ -186,6 +187,13 @@ def test_first_signal_asks_to_stop_second_stops_at_once():
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.name == "SIGTERM"
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Stopped) as info:
             os.kill(os.getpid(), signal.SIGINT)
+        assert info.value.signum == signal.SIGINT
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
+
+
+def test_sighup_stops_like_sigterm():
+    with StopOnSignal() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.requested and stop.name == "SIGHUP"

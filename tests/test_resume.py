@@ -154,19 +154,36 @@ def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path):
     assert last.read_bytes() == before
 
 
-def test_resume_run_dir_mapping(tmp_path):
+def test_resume_run_dir_mapping(tmp_path, monkeypatch):
     from harness.experiment import resume_run_dir
 
+    monkeypatch.delenv("HARNESS_CLAIMED_DIRS", raising=False)
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "best.pt").write_bytes(b"x")
     (tmp_path / "loose.pt").write_bytes(b"x")
-    assert resume_run_dir(None, "new") == "new"
-    assert resume_run_dir("auto", "new") == "new"
-    assert resume_run_dir(str(run_dir), "new") == str(run_dir)
-    assert resume_run_dir(str(run_dir / "checkpoints" / "best.pt"), "new") == str(run_dir)
-    assert resume_run_dir(str(tmp_path / "loose.pt"), "new") == "new"
-    assert resume_run_dir(str(tmp_path / "missing"), "new") == "new"
+    new = str(tmp_path / "new")
+    assert resume_run_dir(None, new) == new
+    assert Path(new).is_dir(), "claimed: made here, so no other process can take it"
+    assert resume_run_dir("auto", new) == new, "the same launch resolves the same directory"
+    assert resume_run_dir(str(run_dir), new) == str(run_dir)
+    assert resume_run_dir(str(run_dir / "checkpoints" / "best.pt"), new) == str(run_dir)  # no last.pt there
+    assert resume_run_dir(str(tmp_path / "loose.pt"), new) == new
+    assert resume_run_dir(str(tmp_path / "missing"), new) == new
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert resume_run_dir(str(run_dir / "checkpoints" / "last.pt"), new) == str(run_dir)
+    assert resume_run_dir(str(run_dir / "checkpoints" / "best.pt"), new) == new, "never over a newer last.pt"
+
+
+def test_two_launches_in_the_same_second_get_two_directories(tmp_path, monkeypatch):
+    from harness.rundir import claim
+
+    default = str(tmp_path / "outputs" / "13-21-22")
+    monkeypatch.delenv("HARNESS_CLAIMED_DIRS", raising=False)
+    first = claim(default)
+    monkeypatch.delenv("HARNESS_CLAIMED_DIRS")  # another process: it does not inherit the first one's claim
+    second = claim(default)
+    assert (first, second) == (default, f"{default}-1")
 
 
 def test_checkpoint_cadence(tmp_path, monkeypatch):

@@ -179,16 +179,14 @@ def test_submitit_local_launcher(tmp_path):
     assert [r["status"] for r in rows] == ["finished"]
 
 
-def test_a_missing_sweep_plugin_says_how_to_install_it(monkeypatch, capsys):
+def test_a_missing_sweep_plugin_says_how_to_install_it(monkeypatch):
     import importlib.util
 
-    import train
+    from harness.cli import check_command_line
+    from harness.errors import HarnessError
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(SystemExit) as info:
-        train._check_plugins(["trainer.max_epochs=3", "hparams_search=optuna"])
-    assert info.value.code == 1
-    assert 'hparams_search=optuna needs a Hydra plugin that is not installed; install the sweep extra' in (
-        capsys.readouterr().err
-    )
-    train._check_plugins(["model=cnn"])  # nothing asked for: nothing checked
+    with pytest.raises(HarnessError, match="hparams_search=optuna needs a Hydra plugin that is not installed; "
+                                           "install the sweep extra"):
+        check_command_line(["trainer.max_epochs=3", "hparams_search=optuna"])
+    check_command_line(["model=cnn"])  # nothing asked for: nothing checked

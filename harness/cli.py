@@ -1,0 +1,141 @@
+"""What the command-line entry points (``train.py``, ``python -m harness.lr_find`` / ``harness.schedule``) share
+before and around Hydra: a process that survives closed standard streams and signals, a check of the
+command line, one-line errors, and commands printed so they can be pasted back as they are."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import shlex
+import sys
+from collections.abc import Iterable
+
+from harness.errors import HarnessError, Stopped
+from harness.rundir import check_run_dir, note_created
+from harness.signals import signal_name, stop_at_once_on_signals
+
+__all__ = ["prepare_process", "check_command_line", "hydra_value", "shell_command", "one_line", "report_and_exit",
+           "warn_about_added_keys"]
+
+log = logging.getLogger(__name__)
+
+# Options that need a Hydra plugin from the `sweep` extra, and the plugin's module.
+_PLUGIN_OPTIONS = {
+    "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
+    "hydra/launcher=submitit": "hydra_plugins.hydra_submitit_launcher",
+}
+
+
+def _reopen_closed_std_streams() -> None:
+    """Points a closed stdin, stdout or stderr (as some daemons and schedulers start processes) at /dev/null.
+
+    Otherwise the next file the run opens would get that descriptor, and whatever writes to "stdout" would
+    write into a checkpoint."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        devnull = os.open(os.devnull, os.O_RDWR)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        if getattr(sys, name) is None or getattr(sys, name).closed:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 (lives as long as the process)
+
+
+def prepare_process() -> None:
+    """The first thing an entry point does: closed standard streams reopened on /dev/null, stop signals that
+    end the process in one line (until training installs its graceful handler), and log records that a
+    full disk or a closed pipe can't write dropped quietly instead of printed with a traceback."""
+    _reopen_closed_std_streams()
+    stop_at_once_on_signals()
+    logging.raiseExceptions = False
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Checks what Hydra would act on before anything is written: the sweep plugins the command line asks
+    for are installed, and an explicit ``hydra.run.dir`` / ``hydra.sweep.dir`` can be a run directory.
+
+    Raises:
+        HarnessError: in one line, with the fix.
+    """
+    for arg in argv:
+        for option, module in _PLUGIN_OPTIONS.items():
+            if arg.startswith(option):
+                import importlib.util
+
+                if importlib.util.find_spec(module) is None:
+                    raise HarnessError(f"{arg} needs a Hydra plugin that is not installed; "
+                                       "install the sweep extra: pip install -e \".[sweep]\"")
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key in ("hydra.run.dir", "hydra.sweep.dir"):
+            path = _unquote(value)
+            check_run_dir(path, key)
+            if not os.path.exists(path):
+                note_created(path)  # Hydra makes it; a failed start may take it back
+
+
+_SAFE_VALUE = re.compile(r"[\w/.\-+@~:%]+")
+
+
+def hydra_value(value: str) -> str:
+    """``value`` as Hydra's override grammar reads it back: as it is when plain, else single-quoted."""
+    if _SAFE_VALUE.fullmatch(value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def shell_command(words: Iterable[str]) -> str:
+    """Words joined into one shell command line, each quoted where the shell would split or expand it."""
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line."""
+    return " ".join(str(error).split())
+
+
+def report_and_exit(error: BaseException) -> None:
+    """Prints an anticipated error in one line and exits: 1 for a :class:`HarnessError`, 128 + the signal
+    for :class:`Stopped`."""
+    if isinstance(error, Stopped):
+        name = signal_name(error.signum)
+        message = one_line(error) or f"stopped by {name} before training started; nothing to resume"
+        print(message, file=sys.stderr, flush=True)
+        sys.exit(128 + error.signum)
+    print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def _keys_at(cfg, parent: str) -> list[str]:
+    from omegaconf import DictConfig, OmegaConf
+
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+
+
+def warn_about_added_keys(cfg, overrides: list[str]) -> None:
+    """Warns about each ``+key=value`` whose key looks like a typo of a key the config has
+    (``+trainer.max_epoch=2`` next to ``trainer.max_epochs``): Hydra adds it silently, and nothing reads it."""
+    for override in overrides:
+        if not override.startswith("+") or override.startswith("++"):
+            continue
+        key = override[1:].partition("=")[0]
+        parent, _, leaf = key.rpartition(".")
+        siblings = [k for k in _keys_at(cfg, parent) if k != leaf]
+        match = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.75)
+        if match:
+            meant = f"{parent}.{match[0]}" if parent else match[0]
+            log.warning("%s adds a new key %s; did you mean %s? (without the +: %s=...)", override, key, meant, meant)
