@@ -13,7 +13,6 @@ from harness.cli import prepare_process
 prepare_process()  # first, before the slow imports: from here on a signal or a closed stream can't traceback
 
 import logging  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -24,19 +23,19 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 import harness  # noqa: E402
 from harness.cli import (  # noqa: E402
     check_command_line,
-    hydra_value,
     one_line,
     report_and_exit,
-    shell_command,
+    resume_command,
+    threads_per_job,
     warn_about_added_keys,
 )
 from harness.distributed import broadcast_object, setup, world  # noqa: E402
-from harness.errors import ConfigError, HarnessError, Interrupted, Stopped  # noqa: E402
+from harness.errors import ConfigError, HarnessError, Interrupted, Stopped, TrainingError  # noqa: E402
 from harness.experiment import register_resolvers  # noqa: E402
 from harness.rundir import remove_if_unused  # noqa: E402
 from harness.signals import signal_name  # noqa: E402
@@ -47,24 +46,10 @@ log = logging.getLogger("train")
 register_resolvers()  # conf/ names them: the run dir (kept on resume), the start time, sweep direction
 
 
-def _threads_per_job(hydra_cfg: DictConfig) -> int:
-    """CPU threads for one job: all cores, split between the jobs a parallel launcher runs at once."""
-    cores = os.cpu_count() or 1
-    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=1) or 1
-    parallel = cores if n_jobs < 0 else n_jobs  # joblib: -1 means one job per core
-    return max(1, cores // max(1, parallel))
-
-
-def resume_command(overrides: list[str], run_dir: str) -> str:
-    """The command that continues the run in ``run_dir``: the same overrides, ``resume=`` pointing at it."""
-    launcher = ["torchrun", f"--nproc_per_node={world().size}"] if world().size > 1 else ["python"]
-    kept = [o for o in overrides if not o.startswith("resume=")]
-    return shell_command([*launcher, "train.py", *kept, f"resume={hydra_value(run_dir)}"])
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Trains one run and returns ``cfg.optimized_metric``, the objective for Hydra sweepers."""
+def main(cfg: DictConfig) -> float | None:
+    """Trains one run and returns ``cfg.optimized_metric``, the objective for Hydra sweepers (``None`` for a
+    sweep job that failed)."""
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
     overrides = list(hydra_cfg.overrides.task)
@@ -73,7 +58,7 @@ def main(cfg: DictConfig) -> float:
     if sweeping and cfg.resume is None:
         cfg.resume = "auto"  # rerunning a sweep into its directory skips finished jobs, resumes the rest
     if sweeping:
-        torch.set_num_threads(_threads_per_job(hydra_cfg))  # trainer.num_threads, if set, wins in run()
+        torch.set_num_threads(threads_per_job(hydra_cfg))  # trainer.num_threads, if set, wins in run()
     main_rank = world().is_main  # under torchrun, rank 0 records the result and talks to the user
 
     def record(status: str, **details) -> None:
@@ -89,25 +74,31 @@ def main(cfg: DictConfig) -> float:
     except Interrupted as e:
         record("interrupted", error=str(e))
         if main_rank:
-            print(f"{e}\nresume with: {resume_command(overrides, run_dir)}", file=sys.stderr)
+            print(f"{e}\nresume with: {resume_command(overrides, run_dir, world().size)}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except Stopped as e:
-        record("interrupted", error="stopped at once")
         last = Path(run_dir) / "checkpoints" / "last.pt"
-        kept = (f"the last checkpoint, {last}, is intact; resume with: {resume_command(overrides, run_dir)}"
-                if last.is_file() else "no checkpoint was written, nothing to resume")
+        if sweeping or not remove_if_unused(run_dir):  # stopped during start-up: no empty run folder behind
+            record("interrupted", error="stopped at once")
+        hint = resume_command(overrides, run_dir, world().size)
+        kept = (f"the last checkpoint, {last}, is intact; resume with: {hint}" if last.is_file()
+                else "no checkpoint was written, nothing to resume")
         raise Stopped(e.signum, f"stopped at once by {signal_name(e.signum)}; {kept}") from None
     except Exception as e:
         message = one_line(e) if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}"
         if not sweeping:
             if not isinstance(e, HarnessError):
                 raise  # a bug: keep the traceback
-            if not remove_if_unused(run_dir):  # a failed start leaves no empty run folder behind
+            # A failed start leaves no empty run folder behind; a diverged run records how it ended. (Other
+            # errors of a single run are its one line: a failed resume must not rewrite the run's result.json.)
+            if not remove_if_unused(run_dir) and isinstance(e, TrainingError):
                 record("failed", error=message)
             report_and_exit(e)  # one line, exit 1 (raised further, Hydra would print its own report)
         record("failed", error=message)
         log.error("job failed: %s", message, exc_info=not isinstance(e, HarnessError))
-        return math.nan  # the sweep goes on; the Optuna sweeper records a NaN trial as failed
+        # The sweep goes on. No number at all: Optuna's sweeper records a trial without a float as failed
+        # (NaN would make it fail while telling Optuna about the failure).
+        return None
     record("finished", metrics=metrics)
     return metrics[cfg.optimized_metric]
 

@@ -220,6 +220,7 @@ class _Terminal:
 def harness_overrides(job: dict, run_dir: str) -> list[str]:
     """The `python train.py` command line that runs the job."""
     common = [f"trainer.max_epochs={job['epochs']}", f"scheduler.warmup_epochs={job['warmup']}",
+              "scheduler.interval=epoch",  # as the hand loop steps it
               f"optimizer.lr={LR}", f"data.batch_size={BATCH}", f"trainer.device={job['device']}",
               f"hydra.run.dir={run_dir}"]
     if job["kind"] == "mlp":

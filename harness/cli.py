@@ -14,10 +14,10 @@ from collections.abc import Iterable
 
 from harness.errors import HarnessError, Stopped
 from harness.rundir import check_run_dir, note_created
-from harness.signals import signal_name, stop_at_once_on_signals
+from harness.signals import exit_at_once_on_signals, signal_name, stop_at_once_on_signals
 
-__all__ = ["prepare_process", "check_command_line", "hydra_value", "shell_command", "one_line", "report_and_exit",
-           "warn_about_added_keys"]
+__all__ = ["prepare_process", "check_command_line", "hydra_value", "resume_command", "shell_command", "one_line",
+           "report_and_exit", "warn_about_added_keys", "threads_per_job"]
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,10 @@ def _reopen_closed_std_streams() -> None:
 
 def prepare_process() -> None:
     """The first thing an entry point does: closed standard streams reopened on /dev/null, stop signals that
-    end the process in one line (until training installs its graceful handler), and log records that a
+    end the process in one line (see :func:`check_command_line` for what follows), and log records that a
     full disk or a closed pipe can't write dropped quietly instead of printed with a traceback."""
     _reopen_closed_std_streams()
-    stop_at_once_on_signals()
+    exit_at_once_on_signals()
     logging.raiseExceptions = False
 
 
@@ -66,11 +66,13 @@ def _unquote(value: str) -> str:
 
 def check_command_line(argv: list[str]) -> None:
     """Checks what Hydra would act on before anything is written: the sweep plugins the command line asks
-    for are installed, and an explicit ``hydra.run.dir`` / ``hydra.sweep.dir`` can be a run directory.
+    for are installed, and an explicit ``hydra.run.dir`` / ``hydra.sweep.dir`` can be a run directory. From
+    here on a stop signal raises :class:`Stopped`, for the entry point to report.
 
     Raises:
         HarnessError: in one line, with the fix.
     """
+    stop_at_once_on_signals()
     for arg in argv:
         for option, module in _PLUGIN_OPTIONS.items():
             if arg.startswith(option):
@@ -100,6 +102,14 @@ def hydra_value(value: str) -> str:
 def shell_command(words: Iterable[str]) -> str:
     """Words joined into one shell command line, each quoted where the shell would split or expand it."""
     return " ".join(shlex.quote(word) for word in words)
+
+
+def resume_command(overrides: list[str], run_dir: str, world_size: int = 1) -> str:
+    """The command that continues the run in ``run_dir``: the same overrides, ``resume=`` pointing at it,
+    quoted for the shell and for Hydra, so it can be pasted back as it is."""
+    launcher = ["torchrun", f"--nproc_per_node={world_size}"] if world_size > 1 else ["python"]
+    kept = [o for o in overrides if not o.startswith("resume=")]
+    return shell_command([*launcher, "train.py", *kept, f"resume={hydra_value(run_dir)}"])
 
 
 def one_line(error: BaseException) -> str:
@@ -139,3 +149,13 @@ def warn_about_added_keys(cfg, overrides: list[str]) -> None:
         if match:
             meant = f"{parent}.{match[0]}" if parent else match[0]
             log.warning("%s adds a new key %s; did you mean %s? (without the +: %s=...)", override, key, meant, meant)
+
+
+def threads_per_job(hydra_cfg) -> int:
+    """CPU threads for one sweep job: all cores, split between the jobs a parallel launcher runs at once."""
+    from omegaconf import OmegaConf
+
+    cores = os.cpu_count() or 1
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=1) or 1
+    parallel = cores if n_jobs < 0 else n_jobs  # joblib: -1 means one job per core
+    return max(1, cores // max(1, parallel))

@@ -9,6 +9,8 @@ has them, and the component's own constructor checks the rest.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 from typing import Any
 
@@ -19,6 +21,8 @@ from harness.errors import ConfigError
 from harness.loop import MONITORABLE, TrainerConfig
 
 __all__ = ["validate", "trainer_config"]
+
+log = logging.getLogger(__name__)
 
 _MISSING = object()
 
@@ -54,6 +58,10 @@ def _number(cfg: DictConfig, key: str, minimum: float, *, strict: bool = False, 
     return value
 
 
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
     value = _get(cfg, key)
     if value not in allowed:
@@ -71,10 +79,13 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
     if not isinstance(values, dict):
         raise ConfigError(f"trainer={values!r} must be a group of settings, e.g. trainer.max_epochs=30")
-    unknown = sorted(set(values) - set(TrainerConfig.__dataclass_fields__))
+    known = list(TrainerConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - set(known))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"did you mean trainer.{close[0]}? " if close else ""
         raise ConfigError(
-            f"trainer.{unknown[0]} is not a trainer setting; see conf/trainer/default.yaml for those there are"
+            f"trainer.{unknown[0]} is not a trainer setting; {hint}see conf/trainer/default.yaml for those there are"
         )
     try:
         return TrainerConfig(**values)
@@ -116,12 +127,26 @@ def validate(cfg: DictConfig) -> TrainerConfig:
     if momentum is not None and momentum >= 1:
         raise ConfigError(f"optimizer.momentum={momentum!r} must be in [0, 1)")
 
-    _choice(cfg, "scheduler.interval", ("epoch", "step"))
+    interval = _choice(cfg, "scheduler.interval", ("epoch", "step"))
+    milestones = _get(cfg, "scheduler.milestones", required=False)
+    if milestones is not _MISSING and not (
+            isinstance(milestones, ListConfig) and all(isinstance(m, int) and not isinstance(m, bool) and m >= 1
+                                                      for m in milestones)):
+        raise ConfigError(f"scheduler.milestones={_plain(milestones)!r} must be a list of integers >= 1 "
+                          "(scheduler steps), e.g. [15,25]")
+    step_size = _get(cfg, "scheduler.step_size", required=False)
+    if step_size is not _MISSING:
+        _integer(cfg, "scheduler.step_size", 1)
+    _number(cfg, "scheduler.gamma", 0.0, strict=True, required=False)
     warmup = _number(cfg, "scheduler.warmup_epochs", 0.0, required=False)
     total = _number(cfg, "scheduler.total_epochs", 0.0, strict=True, required=False)
     if warmup is not None and total is not None and warmup >= total:
         hint = " (it follows trainer.max_epochs)" if total == max_epochs else ""
         raise ConfigError(f"scheduler.warmup_epochs={warmup!r} must be < scheduler.total_epochs={total!r}{hint}")
+    if interval == "epoch" and total is not None and total <= 1 and _get(cfg, "scheduler.min_lr", required=False) \
+            is not _MISSING:
+        log.warning("scheduler.interval=epoch with a %g-epoch schedule trains that epoch at scheduler.min_lr; "
+                    "scheduler.interval=step spreads the schedule over its steps", total)
     min_lr = _get(cfg, "scheduler.min_lr", required=False)
     if min_lr is not _MISSING:
         floors = list(min_lr) if isinstance(min_lr, ListConfig) else [min_lr]

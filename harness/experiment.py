@@ -26,6 +26,7 @@ from typing import Any
 import hydra.utils
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -267,19 +268,30 @@ def run_stamp(pattern: str) -> str:
     return datetime.fromisoformat(stamp).strftime(pattern)
 
 
+def fraction_of(share: float, total: float) -> float | int:
+    """``share * total``, as an integer when it is one (the default warmup: a tenth of the run's epochs).
+    A ``total`` that is no number comes back as it is, for the check of its own key to report."""
+    if isinstance(total, bool) or not isinstance(total, (int, float)):
+        return total
+    value = share * total
+    return int(value) if float(value).is_integer() else round(value, 6)
+
+
 def register_resolvers() -> None:
     """Registers the OmegaConf resolvers ``conf/`` uses; every Hydra entry point calls it first.
 
     ``harness_run_dir`` (``resume=<run dir>`` continues in that directory, a new run gets a directory of its
     own), ``harness_unique`` (a sweep directory of its own), ``harness_hydra_subdir`` (a
     resume keeps the run's first ``.hydra``), ``harness_now`` (one start time for all torchrun ranks) and
-    ``harness_direction`` (an Optuna search maximises accuracies and minimises losses).
+    ``harness_fraction`` (the default warmup, a share of ``trainer.max_epochs``) and ``harness_direction``
+    (an Optuna search maximises accuracies and minimises losses).
     """
     resolvers = {
         "harness_run_dir": resume_run_dir,
         "harness_unique": unique_dir,
         "harness_hydra_subdir": hydra_subdir,
         "harness_now": run_stamp,
+        "harness_fraction": fraction_of,
         "harness_direction": lambda metric: "maximize" if better_direction(metric) == "max" else "minimize",
     }
     for name, resolver in resolvers.items():
@@ -293,6 +305,20 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: tree}
+
+
+def hparams_overridden_first(config: dict) -> dict[str, Any]:
+    """The flattened config for TensorBoard's HParams, the keys the command line set first (in a sweep, the
+    swept ones), so they are the first columns there; a group choice (``model=cnn``) puts ``model._target_``."""
+    flat = _flatten(config)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    first = []
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        key = key if key in flat else f"{key}._target_"
+        if key in flat and key not in first:
+            first.append(key)
+    return {**{k: flat[k] for k in first}, **flat}
 
 
 def config_changes(before: dict, after: dict) -> list[str]:
@@ -379,6 +405,11 @@ def _check_start(run_dir: Path, checkpoint: dict | None, resume_from: Path | Non
             f"{run_dir} already holds a run ({existing}); pass resume=auto to continue it, "
             "or choose another directory (hydra.run.dir=...) to start a new one"
         )
+    if resume_from is not None and existing.exists() and resume_from.resolve() != existing.resolve():
+        raise CheckpointError(
+            f"resuming from {resume_from} in {run_dir} would overwrite its newer {existing}; give another "
+            "directory (hydra.run.dir=...), which `python train.py resume=...` picks by itself"
+        )
     if resume_from is None or resume_from.parent.parent.resolve() == run_dir.resolve():
         return
     newer = resume_from.with_name(LAST)
@@ -409,7 +440,8 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
     try:
         with StopOnSignal() as stop:
             if logger is not None:
-                logger.log_hparams(_flatten(config), metric_tags=["val/acc", "val/loss", "train/epoch_loss"])
+                logger.log_hparams(hparams_overridden_first(config), metric_tags=["val/acc", "val/loss",
+                                                                                  "train/epoch_loss"])
             metrics = fit(c.model, c.optimizer, c.scheduler, c.train_loader, c.val_loader, trainer, device=c.device,
                           interval=c.interval, scaler=c.scaler, logger=logger,
                           save=checkpointer.save if checkpointer else None, stop=stop, state=state)
@@ -422,3 +454,6 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
     log.info("final: %s", "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     log.info("run directory: %s", run_dir.resolve())
     return metrics
+
+
+register_resolvers()  # the config names them; composing it anywhere (tests, notebooks) needs them registered

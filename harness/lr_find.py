@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.errors import HarnessError
+from harness.cli import check_command_line, prepare_process, report_and_exit, shell_command
+from harness.errors import ConfigError, HarnessError, Stopped
 from harness.plots import save_figure
 
 __all__ = ["RangeTest", "lr_range_test", "suggest"]
@@ -124,12 +125,41 @@ def _plot(test: RangeTest, path: Path) -> Path | None:
     return save_figure(path, draw, title="LR range test", xlabel="learning rate", ylabel="training loss")
 
 
-def run_lr_find(cfg, run_dir: str | Path) -> RangeTest:
+MAX_STEPS = 100_000  # a range test longer than this is a typo, not a plan
+
+
+def check_knobs(knobs) -> None:
+    """Refuses ``lr_find`` settings the test can't run with, in one line naming the key.
+
+    Raises:
+        ConfigError: a value out of its bounds.
+    """
+    def number(key: str) -> float:
+        value = knobs.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"lr_find.{key}={value!r} must be a finite number")
+        return value
+
+    min_lr, max_lr, smoothing, diverge = (number(k) for k in ("min_lr", "max_lr", "smoothing", "diverge_factor"))
+    steps = knobs.get("num_steps")
+    if not 0 < min_lr < max_lr:
+        raise ConfigError(f"lr_find.min_lr={min_lr!r} must be > 0 and < lr_find.max_lr={max_lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 3 <= steps <= MAX_STEPS:
+        raise ConfigError(f"lr_find.num_steps={steps!r} must be an integer from 3 to {MAX_STEPS}")
+    if not 0 <= smoothing < 1:
+        raise ConfigError(f"lr_find.smoothing={smoothing!r} must be in [0, 1) (0.98 is usual; 1 would never move)")
+    if not diverge > 1:
+        raise ConfigError(f"lr_find.diverge_factor={diverge!r} must be > 1 (times the lowest smoothed loss)")
+
+
+def run_lr_find(cfg, run_dir: str | Path, overrides: list[str] = ()) -> RangeTest:
     """Builds the run from ``cfg`` (as training would), runs the range test with ``cfg.lr_find``, and
-    writes its curve to TensorBoard and ``lr_find.png`` in ``run_dir``."""
+    writes its curve to TensorBoard and ``lr_find.png`` in ``run_dir``. The suggested command repeats the
+    command line's ``overrides`` (less the range test's own), so it trains the model that was tested."""
     from harness.experiment import build
     from harness.loggers import TensorBoardLogger
 
+    check_knobs(cfg.lr_find)
     c = build(cfg)
     knobs = cfg.lr_find
     try:
@@ -145,15 +175,18 @@ def run_lr_find(cfg, run_dir: str | Path) -> RangeTest:
     print(f"LR range test: {len(test.lrs)} steps from {test.lrs[0]:.3g} to {test.lrs[-1]:.3g}; "
           f"steepest descent of the smoothed loss at {test.suggestion:.3g}")
     print(f"curve: TensorBoard in {run_dir}" + (f", {png}" if png else ""))
-    override = f"optimizer.lr={test.suggestion:.3g}"
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(("lr_find.", "hydra.", "optimizer.lr=",
+                                                                     "scheduler.min_lr="))]
+    suggested = [f"optimizer.lr={test.suggestion:.3g}"]
     floor = cfg.scheduler.get("min_lr")
     if isinstance(floor, (int, float)) and floor > float(f"{test.suggestion:.3g}"):
-        override += f" scheduler.min_lr={test.suggestion / 100:.3g}"  # the floor must stay below the peak
-    print(f"use it with: python train.py {override}")
+        suggested.append(f"scheduler.min_lr={test.suggestion / 100:.3g}")  # the floor must stay below the peak
+    print(f"use it with: {shell_command(['python', 'train.py', *kept, *suggested])}")
     return test
 
 
 def main() -> None:
+    prepare_process()
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
@@ -164,12 +197,15 @@ def main() -> None:
     @hydra.main(version_base="1.3", config_path="../conf", config_name="lr_find")
     def entry(cfg) -> None:
         try:
-            run_lr_find(cfg, HydraConfig.get().runtime.output_dir)
+            run_lr_find(cfg, HydraConfig.get().runtime.output_dir, list(HydraConfig.get().overrides.task))
         except HarnessError as e:
-            print("error: " + " ".join(str(e).split()), file=sys.stderr)
-            sys.exit(1)
+            report_and_exit(e)
 
-    entry()
+    try:
+        check_command_line(sys.argv[1:])
+        entry()
+    except (HarnessError, Stopped) as e:
+        report_and_exit(e)
 
 
 if __name__ == "__main__":

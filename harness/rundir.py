@@ -51,6 +51,10 @@ def claim(default: str, owner: bool = True) -> str:
     if not owner:
         return default
     parent = Path(default).parent
+    for folder in [parent, *parent.parents]:
+        if folder.exists():
+            break
+        _CREATED.add(str(folder.resolve()))  # outputs/<date>/ of the day's first run, say
     try:
         parent.mkdir(parents=True, exist_ok=True)
         for n in range(10_000):
@@ -100,14 +104,18 @@ def note_created(path: str | Path) -> None:
 
 
 def remove_if_unused(path: str | Path) -> bool:
-    """Removes ``path`` if this launch made it and it holds only what Hydra wrote on start-up (and the lock).
-    Returns whether it did."""
+    """Removes ``path`` if this launch made it and it holds only what Hydra wrote on start-up (and the lock),
+    and the folders above it this launch made, once empty. Returns whether it removed ``path``."""
     path = Path(path)
     if not path.is_dir() or not created_by_this_launch(path):
         return False
     if any(entry.name not in HYDRA_FILES | {LOCK} for entry in path.iterdir()):
         return False
     shutil.rmtree(path, ignore_errors=True)
+    for folder in path.resolve().parents:  # and the folders made for it, once empty
+        if str(folder) not in _CREATED or any(folder.iterdir()):
+            break
+        folder.rmdir()
     return not path.exists()
 
 

@@ -22,12 +22,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from harness.errors import HarnessError
+from harness.cli import check_command_line, prepare_process, report_and_exit
+from harness.errors import ConfigError, HarnessError, Stopped
 from harness.plots import save_figure
 
 __all__ = ["simulate", "text_plot", "write_csv", "plot", "PreviewFigure"]
 
 CSV = "schedule.csv"
+MAX_STEPS = 200_000  # scheduler steps the preview simulates at most (a few seconds)
 
 
 def simulate(scheduler_factory, optimizer: torch.optim.Optimizer, steps: int) -> list[list[float]]:
@@ -83,8 +85,15 @@ def _preview(cfg: DictConfig, out_dir: Path) -> list[list[float]]:
 
     trainer = validate(cfg)
     interval = cfg.scheduler.interval
-    steps_per_epoch = cfg.steps_per_epoch if interval == "step" else 1
+    given = cfg.steps_per_epoch
+    if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+        raise ConfigError(f"steps_per_epoch={given!r} must be an integer >= 1")
+    steps_per_epoch = given if interval == "step" else 1
     epochs = trainer.max_epochs
+    if epochs * steps_per_epoch > MAX_STEPS:
+        raise ConfigError(f"the preview would simulate {epochs * steps_per_epoch} scheduler steps "
+                          f"(trainer.max_epochs={epochs} x steps_per_epoch={steps_per_epoch}); keep it at most "
+                          f"{MAX_STEPS}: a smaller steps_per_epoch draws the same curve")
     optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
 
     def factory(opt):
@@ -133,12 +142,16 @@ def main(cfg: DictConfig) -> None:
     try:
         _preview(cfg, Path(HydraConfig.get().runtime.output_dir))
     except HarnessError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        sys.exit(1)
+        report_and_exit(e)
 
 
 if __name__ == "__main__":
     from harness.experiment import register_resolvers
 
+    prepare_process()
     register_resolvers()
-    main()
+    try:
+        check_command_line(sys.argv[1:])
+        main()
+    except (HarnessError, Stopped) as e:
+        report_and_exit(e)

@@ -11,7 +11,7 @@ import threading
 
 from harness.errors import Stopped
 
-__all__ = ["StopOnSignal", "STOP_SIGNALS", "stop_at_once_on_signals", "signal_name"]
+__all__ = ["StopOnSignal", "STOP_SIGNALS", "exit_at_once_on_signals", "stop_at_once_on_signals", "signal_name"]
 
 # SIGHUP does not exist on Windows.
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
@@ -26,13 +26,27 @@ def _stop_at_once(signum: int, frame: object) -> None:
     raise Stopped(signum)
 
 
-def stop_at_once_on_signals() -> None:
-    """Makes every stop signal raise :class:`Stopped` (in the main thread only, where Python can install
-    handlers): ``train.py`` does this first, so a signal during imports, config composition or data loading
-    ends the process with one line instead of a traceback or a silent death."""
-    if threading.current_thread() is threading.main_thread():
+def _exit_at_once(signum: int, frame: object) -> None:
+    print(f"stopped by {signal_name(signum)} before training started; nothing to resume", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)  # unwinds even through an import, and Python prints no traceback for it
+
+
+def _install(handler) -> None:
+    if threading.current_thread() is threading.main_thread():  # the only thread Python lets install handlers
         for signum in STOP_SIGNALS:
-            signal.signal(signum, _stop_at_once)
+            signal.signal(signum, handler)
+
+
+def exit_at_once_on_signals() -> None:
+    """Makes every stop signal end the process in one line: the first thing an entry point does, so a signal
+    during its imports ends it without a traceback or a silent death."""
+    _install(_exit_at_once)
+
+
+def stop_at_once_on_signals() -> None:
+    """Makes every stop signal raise :class:`Stopped`, which the entry point reports in one line (with a
+    resume hint once there is a checkpoint): from config composition on, when there is something to tell."""
+    _install(_stop_at_once)
 
 
 class StopOnSignal:

@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from harness.checkpoint import write_atomic
+from harness.cli import hydra_value
 from harness.loop import better_direction
 
 __all__ = ["write_result", "read_jobs", "summarize", "SweepSummary", "RESULT"]
@@ -66,17 +68,34 @@ def _read_checkpoint_summary(job_dir: Path) -> dict[str, Any]:
                                               "epoch": state["best_epoch"]}}
 
 
+def _read_result(path: Path) -> tuple[dict[str, Any], str]:
+    """A job's ``result.json``, or ``{}`` and why not (a missing file is no problem: the job did not end)."""
+    if not path.exists():
+        return {}, ""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {}, f"{RESULT} unreadable ({' '.join(str(e).split())[:80]})"
+    if not isinstance(result, dict) or not isinstance(result.get("metrics", {}), dict) or not isinstance(
+            result.get("overrides", []), list):
+        return {}, f"{RESULT} is not a result record"
+    return result, ""
+
+
 def read_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One record per job folder of a sweep (a folder with ``.hydra/``), from its result and checkpoint."""
     jobs = []
     for job_dir in sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name)):
         if not (job_dir / ".hydra").is_dir():
             continue
-        result_path = job_dir / RESULT
-        result = json.loads(result_path.read_text()) if result_path.exists() else {}
+        result, problem = _read_result(job_dir / RESULT)
         if not result:
-            overrides = (job_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
-            result = {"status": "incomplete", "overrides": [o.lstrip("- ").strip() for o in overrides]}
+            try:
+                overrides = (job_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
+            except OSError:
+                overrides = []
+            result = {"status": "incomplete", "overrides": [o.lstrip("- ").strip() for o in overrides],
+                      **({"error": problem} if problem else {})}
         jobs.append({"job": job_dir.name, "dir": str(job_dir), **result, **_read_checkpoint_summary(job_dir)})
     return jobs
 
@@ -102,6 +121,8 @@ def summarize(sweep_dir: str | Path, metric: str, monitor: str = "val/acc") -> l
         ok = job.get("status") == "finished" and value is not None and math.isfinite(value)
         return (not ok, sign * value if ok else 0.0, len(job["job"]), job["job"])
 
+    # The overrides column shows what tells the jobs apart, not the options every job shares.
+    shared = set.intersection(*(set(job.get("overrides", [])) for job in jobs)) if len(jobs) > 1 else set()
     rows = []
     for job in sorted(jobs, key=key):
         best = job.get("best") or {}
@@ -113,7 +134,7 @@ def summarize(sweep_dir: str | Path, metric: str, monitor: str = "val/acc") -> l
             "best epoch": _fmt(best.get("epoch")),
             "epochs": _fmt(job.get("epochs")),
             "wall s": f"{job['elapsed_s']:.1f}" if "elapsed_s" in job else "",
-            "overrides": " ".join(job.get("overrides", [])),
+            "overrides": " ".join(o for o in job.get("overrides", []) if o not in shared),
             "error": job.get("error") or "",
             "dir": job["dir"],
         })
@@ -148,7 +169,9 @@ class SweepSummary(Callback):
             print(f"best job: {best['job']} ({metric} {best[metric]}) in {best['dir']}", flush=True)
         failed = [row["job"] for row in rows if row["status"] != "finished"]
         if failed:
+            again = shlex.quote(f"hydra.sweep.dir={hydra_value(str(sweep_dir))}")
             print(f"error: {len(failed)} of {len(rows)} jobs did not finish: {', '.join(failed)} "
-                  f"(see summary.md and their train.log); rerun the same command with "
-                  f"hydra.sweep.dir={sweep_dir} to finish them", file=sys.stderr, flush=True)
+                  f"(see summary.md and their train.log); rerun the same command with {again} to finish "
+                  "the ones that can", file=sys.stderr, flush=True)
             sys.exit(1)
+

@@ -23,6 +23,8 @@ FAST = ["trainer.max_epochs=4", "trainer.device=cpu", "trainer.progress_bar=fals
 
 def compose_config(overrides: list[str] = (), name: str = "config") -> DictConfig:
     """The config `python train.py <overrides>` would run, without Hydra's runtime section."""
+    import harness.experiment  # noqa: F401  (registers the resolvers conf/ names)
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
 

@@ -2,6 +2,7 @@
 
 import math
 import os
+import shlex
 import subprocess
 import sys
 
@@ -42,9 +43,12 @@ def test_bad_range_settings():
         lr_range_test(model, optimizer, loader, torch.device("cpu"), min_lr=1.0, max_lr=0.5)
 
 
-def test_the_suggested_lr_trains_digits_to_95_percent(tmp_path):
+def test_the_suggested_lr_trains_digits_to_95_percent(tmp_path, capsys):
     cfg = compose_config([*FAST], name="lr_find")
-    test = run_lr_find(cfg, tmp_path / "find")
+    test = run_lr_find(cfg, tmp_path / "find", overrides=[*FAST, "lr_find.num_steps=200", "data.root='my data'"])
+    printed = capsys.readouterr().out.split("use it with: ")[1].splitlines()[0]
+    assert shlex.split(printed) == ["python", "train.py", *FAST, "data.root='my data'",  # the tested model, pasteable
+                                    f"optimizer.lr={test.suggestion:.3g}"]
     scalars = read_scalars(tmp_path / "find")
     assert [v for _, v in scalars["lr_find/lr"]] == pytest.approx(test.lrs, rel=1e-6)
     assert (tmp_path / "find" / "lr_find.png").stat().st_size > 10_000

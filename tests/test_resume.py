@@ -59,9 +59,10 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path, caplog):
 
 
 def test_training_longer_stretches_the_schedule_and_reports_the_change(tmp_path, caplog):
-    run(tmp_path, "r", "trainer.max_epochs=3", "scheduler.total_epochs=${trainer.max_epochs}")
+    epochs = ["scheduler.total_epochs=${trainer.max_epochs}", "scheduler.interval=epoch"]
+    run(tmp_path, "r", "trainer.max_epochs=3", *epochs)
     with caplog.at_level(logging.WARNING):
-        run(tmp_path, "r", "trainer.max_epochs=5", "scheduler.total_epochs=${trainer.max_epochs}", "resume=auto")
+        run(tmp_path, "r", "trainer.max_epochs=5", *epochs, "resume=auto")
     assert "scheduler.total_epochs: 3 -> 5" in caplog.text
     assert "trainer.max_epochs: 3 -> 5" in caplog.text
     lrs = dict(read_scalars(tmp_path / "r")["lr/group0"])

@@ -1,5 +1,7 @@
 """harness.run end to end into tmp_path, its TensorBoard events read back with tensorboard's own reader."""
 
+import math
+
 import pytest
 
 import harness
@@ -58,3 +60,29 @@ def test_events_are_flushed_when_training_fails(tmp_path):
         harness.run(cfg, tmp_path)
     scalars = read_scalars(tmp_path)
     assert scalars["train/loss"], "the points before the failure reached the disk"
+
+
+@pytest.mark.parametrize("epochs, accuracy", [(1, 0.90), (2, 0.95)])
+def test_short_runs_at_the_defaults_warm_up_and_learn(tmp_path, epochs, accuracy):
+    metrics = harness.run(compose_config([f"trainer.max_epochs={epochs}", "trainer.device=cpu",
+                                          "trainer.progress_bar=false"]), tmp_path)
+    assert metrics["val/acc"] >= accuracy
+    lrs = [lr for _, lr in read_scalars(tmp_path)["lr/group0"]]
+    assert max(lrs) > 0.05 and lrs[-1] < 0.01, "a real warmup and decay (logged every 10 steps), not min_lr only"
+
+
+def test_a_fractional_warmup_with_interval_epoch_is_the_schedule_at_whole_epochs():
+    import torch
+
+    from harness.schedulers import CosineWarmupScheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=2.5, total_epochs=6, min_lr=0.0)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:2] == pytest.approx([1 / 2.5, 2 / 2.5])  # epochs 1 and 2 warm up
+    assert lrs[2:] == pytest.approx([cosine_warmup_lr(t, 1.0, 2.5, 6) for t in (3, 4, 5, 6)])
+    assert lrs[2] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5 / 3.5)))  # decay from t = 2.5

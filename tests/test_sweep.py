@@ -50,7 +50,7 @@ def test_hparams_are_readable_from_the_event_files(tmp_path):
     assert hparams["optimizer.lr"] == pytest.approx(0.05)
     assert hparams["model._target_"] == "harness.models.SmallCNN"
     assert hparams["model.channels"] == "[4, 8]"
-    assert hparams["scheduler.warmup_epochs"] == 3
+    assert hparams["scheduler.warmup_epochs"] == pytest.approx(0.4)  # by default a tenth of the 4 epochs
     assert hparams["trainer.progress_bar"] == 0  # TensorBoard's HParams hold booleans as numbers
 
 
@@ -84,6 +84,22 @@ def test_summary_rows_are_sorted_by_the_metric_with_failures_last(tmp_path):
     assert [r["job"] for r in by_loss][:3] == ["2", "10", "0"]  # lower loss first
 
 
+def test_a_damaged_result_does_not_stop_the_summary_and_shared_overrides_are_left_out(tmp_path):
+    fake_job(tmp_path, "0", "finished", 0.91, ["trainer.max_epochs=5", "optimizer.lr=0.1"])
+    fake_job(tmp_path, "1", "finished", 0.95, ["trainer.max_epochs=5", "optimizer.lr=0.2"])
+    fake_job(tmp_path, "2", "finished", 0.99, ["trainer.max_epochs=5", "optimizer.lr=0.3"])
+    (tmp_path / "2" / "result.json").write_text('{"status": "fini')  # a job killed mid-write by another tool
+    fake_job(tmp_path, "3", "finished", 0.5, ["trainer.max_epochs=5", "optimizer.lr=0.4"])
+    (tmp_path / "3" / "result.json").write_text("[1, 2]")
+
+    rows = summarize(tmp_path, "val/acc")
+    assert [(r["job"], r["status"], r["overrides"]) for r in rows] == [
+        ("1", "finished", "optimizer.lr=0.2"), ("0", "finished", "optimizer.lr=0.1"),
+        ("2", "incomplete", "optimizer.lr=0.3"), ("3", "incomplete", "optimizer.lr=0.4")]
+    assert rows[2]["error"].startswith("result.json unreadable")
+    assert rows[3]["error"] == "result.json is not a result record"
+
+
 def test_result_accumulates_wall_time_across_resumes(tmp_path):
     write_result(tmp_path, "interrupted", ["a=1"], 2.0, error="stopped")
     write_result(tmp_path, "finished", ["a=1"], 3.0, metrics={"val/acc": 0.9})
@@ -97,31 +113,40 @@ def test_threads_are_split_between_parallel_jobs(monkeypatch):
 
     from omegaconf import OmegaConf
 
-    import train
+    from harness.cli import threads_per_job
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert train._threads_per_job(OmegaConf.create({"launcher": {"n_jobs": 4}})) == 2
-    assert train._threads_per_job(OmegaConf.create({"launcher": {"n_jobs": -1}})) == 1
-    assert train._threads_per_job(OmegaConf.create({"launcher": {}})) == 8
-    assert train._threads_per_job(OmegaConf.create({"launcher": {"n_jobs": 16}})) == 1
+    assert threads_per_job(OmegaConf.create({"launcher": {"n_jobs": 4}})) == 2
+    assert threads_per_job(OmegaConf.create({"launcher": {"n_jobs": -1}})) == 1
+    assert threads_per_job(OmegaConf.create({"launcher": {}})) == 8
+    assert threads_per_job(OmegaConf.create({"launcher": {"n_jobs": 16}})) == 1
 
 
 @pytest.mark.slow
-def test_optuna_search_of_three_trials_matches_the_summary(tmp_path):
-    rc, stdout, stderr = sweep(["hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY], tmp_path)
-    assert rc == 0, stderr[-3000:]
+def test_optuna_search_survives_impossible_trials_and_matches_the_summary(tmp_path):
+    # warmup is searched over 0..5 epochs of a 3-epoch run: the trials that sample 3 or more can't run
+    searched = [o for o in TINY if not o.startswith("scheduler.warmup_epochs")]  # a fixed value would win
+    rc, stdout, stderr = sweep(["hparams_search=optuna", "hydra.sweeper.n_trials=4", *searched], tmp_path)
+    assert "Traceback" not in stderr
     sweep_dir = only_sweep_dir(tmp_path)
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     rows = read_summary(sweep_dir)
-    assert len(rows) == 3 and all(r["status"] == "finished" for r in rows)
+    assert len(rows) == 4, "the search ran all its trials"
+    for row in rows:  # every trial stayed inside the search space, and failed exactly when it had to
+        params = dict(o.split("=", 1) for o in row["overrides"].split())
+        assert 0.01 <= float(params["optimizer.lr"]) <= 0.3
+        warmup = int(params["scheduler.warmup_epochs"])
+        assert 0 <= warmup <= 5
+        assert row["status"] == ("failed" if warmup >= 3 else "finished"), row
+        if warmup >= 3:
+            assert row["error"].startswith(f"scheduler.warmup_epochs={warmup} must be < scheduler.total_epochs=3")
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and len(failed) < 4, "seed 0 samples both kinds; pick another seed if the sampler changes"
+    assert rc == 1 and f"error: {len(failed)} of 4 jobs did not finish" in stderr
     assert float(rows[0]["val/acc"]) == pytest.approx(result["best_value"], abs=5e-5)
     best_overrides = rows[0]["overrides"].split()
     for key, value in result["best_params"].items():
         assert f"{key}={value}" in best_overrides
-    for row in rows:  # every trial stayed inside the search space
-        params = dict(o.split("=", 1) for o in row["overrides"].split())
-        assert 0.01 <= float(params["optimizer.lr"]) <= 0.3
-        assert 0 <= int(params["scheduler.warmup_epochs"]) <= 5
 
 
 @pytest.mark.slow
