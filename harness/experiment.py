@@ -277,6 +277,13 @@ def fraction_of(share: float, total: float) -> float | int:
     return int(value) if float(value).is_integer() else round(value, 6)
 
 
+def job_name(number: int, overrides: str, limit: int = 100) -> str:
+    """A sweep job's folder: its number, then what it overrides (Hydra's ``override_dirname``) with characters
+    that don't belong in a folder name replaced, cut to ``limit`` characters: ``3_optimizer.lr=0.05``."""
+    tail = re.sub(r"[^\w.=,+-]", "_", str(overrides))
+    return f"{number}_{tail}"[:limit] if tail else str(number)
+
+
 def register_resolvers() -> None:
     """Registers the OmegaConf resolvers ``conf/`` uses; every Hydra entry point calls it first.
 
@@ -292,6 +299,7 @@ def register_resolvers() -> None:
         "harness_hydra_subdir": hydra_subdir,
         "harness_now": run_stamp,
         "harness_fraction": fraction_of,
+        "harness_job_name": job_name,
         "harness_direction": lambda metric: "maximize" if better_direction(metric) == "max" else "minimize",
     }
     for name, resolver in resolvers.items():

@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import math
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ def _read_result(path: Path) -> tuple[dict[str, Any], str]:
 def read_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One record per job folder of a sweep (a folder with ``.hydra/``), from its result and checkpoint."""
     jobs = []
-    for job_dir in sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name)):
+    for job_dir in sorted(Path(sweep_dir).iterdir(), key=lambda p: (_job_number(p.name), p.name)):
         if not (job_dir / ".hydra").is_dir():
             continue
         result, problem = _read_result(job_dir / RESULT)
@@ -98,6 +99,12 @@ def read_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
                       **({"error": problem} if problem else {})}
         jobs.append({"job": job_dir.name, "dir": str(job_dir), **result, **_read_checkpoint_summary(job_dir)})
     return jobs
+
+
+def _job_number(name: str) -> int:
+    """The number a job folder's name starts with (``3_optimizer.lr=0.05``: 3); -1 without one."""
+    digits = re.match(r"\d+", name)
+    return int(digits.group()) if digits else -1
 
 
 def _fmt(value: Any) -> str:
@@ -119,7 +126,7 @@ def summarize(sweep_dir: str | Path, metric: str, monitor: str = "val/acc") -> l
     def key(job: dict) -> tuple:
         value = job.get("metrics", {}).get(metric)
         ok = job.get("status") == "finished" and value is not None and math.isfinite(value)
-        return (not ok, sign * value if ok else 0.0, len(job["job"]), job["job"])
+        return (not ok, sign * value if ok else 0.0, _job_number(job["job"]), job["job"])
 
     # The overrides column shows what tells the jobs apart, not the options every job shares.
     shared = set.intersection(*(set(job.get("overrides", [])) for job in jobs)) if len(jobs) > 1 else set()

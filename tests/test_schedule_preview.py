@@ -51,9 +51,11 @@ def test_preview_command_side_by_side(tmp_path):
     # the warmup schedules step per optimizer step by default: the preview assumes steps_per_epoch=10
     assert "WSDScheduler: 40 epochs x 10 steps" in many.stdout and "LinearWarmupScheduler: 40 epochs" in many.stdout
     (sweep,) = tmp_path.glob("outputs/schedules/multirun/*/*")
-    rows = read_csv(sweep / "0" / "schedule.csv")
+    (first,) = sweep.glob("0_*")
+    assert first.name == "0_scheduler=wsd,trainer.max_epochs=40"
+    rows = read_csv(first / "schedule.csv")
     assert len(rows) == 400 and float(rows[-1]["lr/group0"]) == pytest.approx(1e-3)
-    assert (sweep / "0" / "schedule.png").stat().st_size > 10_000
+    assert (first / "schedule.png").stat().st_size > 10_000
     assert len(list(sweep.glob("*/schedule.csv"))) == 2
     assert (sweep / "schedule.png").stat().st_size > 10_000, "every job's schedule on one figure"
 

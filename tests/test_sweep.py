@@ -27,6 +27,16 @@ def read_summary(sweep_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def job(sweep_dir: Path, number: int) -> Path:
+    """The folder of job ``number``: ``<number>_<what it overrides>``."""
+    (folder,) = [p for p in sweep_dir.iterdir() if p.name.split("_", 1)[0] == str(number)]
+    return folder
+
+
+def numbers(rows: list[dict]) -> list[int]:
+    return sorted(int(r["job"].split("_", 1)[0]) for r in rows)
+
+
 def only_sweep_dir(cwd: Path) -> Path:
     (sweep_dir,) = (cwd / "outputs" / "multirun").glob("*/*")
     return sweep_dir
@@ -157,7 +167,9 @@ def test_a_parallel_sweep_records_failing_jobs_and_goes_on(tmp_path):
     assert rc == 1
     assert "Joblib.Parallel(n_jobs=2" in stdout + stderr
     rows = read_summary(only_sweep_dir(tmp_path))
-    assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
+    assert numbers(rows) == [0, 1, 2, 3]
+    first = next(r["job"] for r in rows if r["job"].startswith("0_"))  # named by what it overrides, cut at 100
+    assert first.startswith("0_optimizer.lr=0.1,scheduler.min_lr=0.0,scheduler.warmup_epochs=1,") and len(first) == 100
     ok = rows[0]
     assert {"scheduler.warmup_epochs=1", "optimizer.lr=0.1"} <= set(ok["overrides"].split())
     assert ok["status"] == "finished" and float(ok["val/acc"]) > 0.9
@@ -180,19 +192,19 @@ def test_an_interrupted_sweep_is_finished_by_rerunning_the_command(tmp_path):
     rc, _, stderr = sweep(args, tmp_path, signal_at_step=270 + 150)
     assert rc == 128 + signal.SIGTERM, stderr[-2000:]
     sweep_dir = only_sweep_dir(tmp_path)
-    first_job = json.loads((sweep_dir / "0" / "result.json").read_text())
+    first_job = json.loads((job(sweep_dir, 0) / "result.json").read_text())
     assert first_job["status"] == "finished"
-    assert json.loads((sweep_dir / "1" / "result.json").read_text())["status"] == "interrupted"
-    assert not (sweep_dir / "2").exists()
+    assert json.loads((job(sweep_dir, 1) / "result.json").read_text())["status"] == "interrupted"
+    assert not [p for p in sweep_dir.iterdir() if p.name.startswith("2_")]
 
     rc, stdout, stderr = sweep([*args, f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert rc == 0, stderr[-3000:]
     rows = read_summary(sweep_dir)
-    assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
+    assert numbers(rows) == [0, 1, 2], "the rerun found the jobs' folders by their names"
     assert all(r["status"] == "finished" and r["epochs"] == "3" for r in rows)
-    assert "nothing to do" in (sweep_dir / "0" / "train.log").read_text()
-    assert "resuming from" in (sweep_dir / "1" / "train.log").read_text()
-    assert json.loads((sweep_dir / "0" / "result.json").read_text())["metrics"] == first_job["metrics"]
+    assert "nothing to do" in (job(sweep_dir, 0) / "train.log").read_text()
+    assert "resuming from" in (job(sweep_dir, 1) / "train.log").read_text()
+    assert json.loads((job(sweep_dir, 0) / "result.json").read_text())["metrics"] == first_job["metrics"]
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ def test_readme_command(command, tmp_path):
     runs = event_files(tmp_path / "outputs")
     if "-m" in command:
         assert len(runs) == 3
-        assert sorted(p.parent.name for p in runs) == ["0", "1", "2"]
+        assert sorted(p.parent.name for p in runs) == [f"{n}_scheduler.warmup_epochs={w}" for n, w in
+                                                       enumerate((0, 2, 5))], "jobs told apart in TensorBoard"
         assert all(p.parent.parent.parent.parent.name == "multirun" for p in runs)
         overrides = [(p.parent / ".hydra" / "overrides.yaml").read_text() for p in runs]
         assert [f"scheduler.warmup_epochs={w}" in o for w, o in zip((0, 2, 5), overrides)] == [True] * 3
