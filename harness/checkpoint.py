@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from harness.checkpoint_schema import check_checkpoint
+from harness.cli import hydra_value
 from harness.errors import CheckpointError
 from harness.loop import TrainState
 from harness.schedulers import ClosedFormScheduler
@@ -89,9 +91,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged zip or pickle
         reason = " ".join(str(e).split())[:160]
+        other = next((p for p in (path.with_name(BEST), path.with_name(LAST)) if p != path and p.is_file()), None)
+        instead = f"resume from another one, e.g. {other}," if other else "resume from another checkpoint"
         raise CheckpointError(
             f"resume={path} is not a readable checkpoint (truncated or corrupt: {reason}); "
-            f"resume from another one, e.g. {path.with_name(BEST)}, or start fresh without resume="
+            f"{instead} or start fresh without resume="
         ) from e
     try:
         check_checkpoint(checkpoint)
@@ -253,7 +257,7 @@ class Checkpointer:
                 kept = f"the previous {path.name} is intact" if path.exists() else "no earlier one to keep"
                 raise CheckpointError(
                     f"could not write {path} ({e.strerror or e}); {kept}; free some space (or move the run) "
-                    f"and resume with resume={self.directory.parent}"
+                    f"and resume with {shlex.quote('resume=' + hydra_value(str(self.directory.parent)))}"
                 ) from e
         self.latest = f"{self.last_path} (epoch {train_state.epoch}, step {train_state.step})"
         return self.latest

@@ -127,6 +127,11 @@ def validate(cfg: DictConfig) -> TrainerConfig:
     if momentum is not None and momentum >= 1:
         raise ConfigError(f"optimizer.momentum={momentum!r} must be in [0, 1)")
 
+    betas = _get(cfg, "optimizer.betas", required=False)
+    if betas is not _MISSING and not (isinstance(betas, ListConfig) and len(betas) == 2 and all(
+            _is_number(b) and 0 <= b < 1 for b in betas)):
+        raise ConfigError(f"optimizer.betas={_plain(betas)!r} must be two numbers in [0, 1), e.g. [0.9,0.999]")
+
     interval = _choice(cfg, "scheduler.interval", ("epoch", "step"))
     milestones = _get(cfg, "scheduler.milestones", required=False)
     if milestones is not _MISSING and not (

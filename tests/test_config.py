@@ -64,7 +64,8 @@ BAD_VALUES = [
     (["optimizer.nesterov=true", "optimizer.momentum=0"], "optimizer: Nesterov momentum requires a momentum"),
     (["data=imagefolder"], "data.root is not set (???); pass it on the command line: data.root=VALUE"),
     (["data=imagefolder", "data.root=/no/such/folder"], "data.root=/no/such/folder"),
-    (["optimizer=adamw", "optimizer.betas=[2.0,0.9]"], "optimizer: Invalid beta parameter at index 0: 2.0"),
+    (["optimizer=adamw", "optimizer.betas=[2.0,0.9]"], "optimizer.betas=[2.0, 0.9] must be two numbers in [0, 1)"),
+    (["optimizer=adamw", "optimizer.betas=5"], "optimizer.betas=5 must be two numbers in [0, 1), e.g. [0.9,0.999]"),
 ]
 
 

@@ -125,6 +125,15 @@ def test_a_damaged_checkpoint_file_is_refused(tmp_path, capsys, finished_run, co
     assert_nothing_lost(before)
 
 
+def test_a_foreign_file_outside_a_run_names_no_checkpoint_that_does_not_exist(tmp_path, capsys):
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("not a checkpoint\n")
+    code, err = exit_of(capsys, lambda: harness.run(compose_config([*QUICK, f"resume={foreign}"]), tmp_path / "run"))
+    assert code == 1 and err.count("\n") == 1 and "is not a readable checkpoint" in err
+    assert "best.pt" not in err and "resume from another checkpoint or start fresh" in err
+    assert foreign.read_text() == "not a checkpoint\n" and not (tmp_path / "run").exists()
+
+
 def test_a_resume_with_another_scheduler_is_refused(tmp_path, capsys, finished_run):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
