@@ -37,7 +37,7 @@ from harness.cli import (  # noqa: E402
 from harness.distributed import broadcast_object, setup, world  # noqa: E402
 from harness.errors import ConfigError, HarnessError, Interrupted, Stopped, TrainingError  # noqa: E402
 from harness.experiment import register_resolvers  # noqa: E402
-from harness.rundir import remove_if_unused  # noqa: E402
+from harness.rundir import remove_if_unused, remove_unused_claims  # noqa: E402
 from harness.signals import signal_name  # noqa: E402
 from harness.sweep import write_result  # noqa: E402
 
@@ -122,4 +122,5 @@ if __name__ == "__main__":
         _share_run_stamp()
         main()
     except (HarnessError, Stopped) as error:
+        remove_unused_claims()  # stopped before main() could: no empty run folder behind
         report_and_exit(error)

@@ -99,9 +99,16 @@ def hydra_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _shell_word(word: str) -> str:
+    # A Hydra-quoted value ('my runs/x') reads better inside double quotes than in shlex's '"'"' splices.
+    if "'" in word and not any(c in word for c in '"$`\\!'):
+        return f'"{word}"'
+    return shlex.quote(word)
+
+
 def shell_command(words: Iterable[str]) -> str:
     """Words joined into one shell command line, each quoted where the shell would split or expand it."""
-    return " ".join(shlex.quote(word) for word in words)
+    return " ".join(_shell_word(word) for word in words)
 
 
 def resume_command(overrides: list[str], run_dir: str, world_size: int = 1) -> str:

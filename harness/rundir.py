@@ -21,7 +21,7 @@ from pathlib import Path
 from harness.errors import ConfigError, RunDirError
 
 __all__ = ["claim", "claim_as", "check_run_dir", "note_created", "RunLock", "remove_if_unused",
-           "created_by_this_launch"]
+           "created_by_this_launch", "remove_unused_claims"]
 
 _CLAIMED = "HARNESS_CLAIMED_DIRS"  # {default name: claimed directory}, inherited by this launch's processes
 _CREATED: set[str] = set()  # directories this process made, resolved paths
@@ -156,3 +156,10 @@ class RunLock:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def remove_unused_claims() -> None:
+    """:func:`remove_if_unused` for every directory this process claimed: for an entry point stopped between
+    Hydra making the run directory and the run starting (a signal during Hydra's own set-up)."""
+    for claimed in _claimed().values():
+        remove_if_unused(claimed)
