@@ -317,6 +317,8 @@ PROCESS_CASES = {  # name: (args, environment, exit code, the stderr line (or ""
                                     "error: environment: WORLD_SIZE=2 but MASTER_ADDR and MASTER_PORT not set", []),
     "HARNESS_RUN_STAMP garbage": ([], {"HARNESS_RUN_STAMP": "yesterday"}, 1,
                                   "error: environment variable HARNESS_RUN_STAMP='yesterday' is not an ISO date", []),
+    "a resume of nothing": (["resume=runs/nope"], {}, 1,
+                            "error: resume=runs/nope: no such run directory or checkpoint file", []),
     "a wrong value": (["optimizer.lr=-1"], {}, 1, "error: optimizer.lr=-1 must be a number > 0", []),
     "a missing data set": (["data=mnist", "data.root=nowhere", "data.download=false"], {}, 1, "MNIST not found", []),
     "closed stdin and stdout": ([*FAST, "trainer.max_epochs=1", "hydra.run.dir=r"], {}, 0, "",

@@ -54,16 +54,6 @@ def test_readme_overrides_train(command, tmp_path):
     assert metrics["epoch"] == 30 and metrics["val/acc"] >= 0.95
 
 
-@pytest.mark.slow
-def test_bad_input_exits_1_with_one_line_and_writes_nothing(tmp_path):
-    # tests/test_config.py checks every message; here, what the command line makes of them
-    result = train(["resume=runs/nope"], cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip() == "error: resume=runs/nope: no such run directory or checkpoint file"
-    assert not event_files(tmp_path), "nothing trained, nothing logged"
-    assert not (tmp_path / "runs").exists(), "not even the run directory the resume named"
-
-
 def test_unknown_key_and_option_are_refused_when_the_config_is_composed():
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
