@@ -38,7 +38,7 @@ from harness.distributed import broadcast_object, setup, world  # noqa: E402
 from harness.errors import ConfigError, HarnessError, Interrupted, Stopped, TrainingError  # noqa: E402
 from harness.experiment import register_resolvers  # noqa: E402
 from harness.rundir import remove_if_unused, remove_unused_claims  # noqa: E402
-from harness.signals import signal_name  # noqa: E402
+from harness.signals import signal_name, stop_at_once_on_signals  # noqa: E402
 from harness.sweep import write_result  # noqa: E402
 
 log = logging.getLogger("train")
@@ -118,6 +118,7 @@ def _share_run_stamp() -> None:
 
 if __name__ == "__main__":
     try:
+        stop_at_once_on_signals()  # a signal from here on is reported in one line, with what is known
         check_command_line(sys.argv[1:])
         _share_run_stamp()
         main()

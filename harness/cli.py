@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from harness.errors import HarnessError, Stopped
 from harness.rundir import check_run_dir, note_created
-from harness.signals import exit_at_once_on_signals, signal_name, stop_at_once_on_signals
+from harness.signals import exit_at_once_on_signals, signal_name
 
 __all__ = ["prepare_process", "check_command_line", "hydra_value", "resume_command", "shell_command", "one_line",
            "report_and_exit", "warn_about_added_keys", "threads_per_job"]
@@ -51,8 +51,9 @@ def _reopen_closed_std_streams() -> None:
 
 def prepare_process() -> None:
     """The first thing an entry point does: closed standard streams reopened on /dev/null, stop signals that
-    end the process in one line (see :func:`check_command_line` for what follows), and log records that a
-    full disk or a closed pipe can't write dropped quietly instead of printed with a traceback."""
+    end the process in one line (the entry point switches to :func:`harness.signals.stop_at_once_on_signals`
+    once its imports are done, to report with what it knows), and log records that a full disk or a closed
+    pipe can't write dropped quietly instead of printed with a traceback."""
     _reopen_closed_std_streams()
     exit_at_once_on_signals()
     logging.raiseExceptions = False
@@ -66,13 +67,11 @@ def _unquote(value: str) -> str:
 
 def check_command_line(argv: list[str]) -> None:
     """Checks what Hydra would act on before anything is written: the sweep plugins the command line asks
-    for are installed, and an explicit ``hydra.run.dir`` / ``hydra.sweep.dir`` can be a run directory. From
-    here on a stop signal raises :class:`Stopped`, for the entry point to report.
+    for are installed, and an explicit ``hydra.run.dir`` / ``hydra.sweep.dir`` can be a run directory.
 
     Raises:
         HarnessError: in one line, with the fix.
     """
-    stop_at_once_on_signals()
     for arg in argv:
         for option, module in _PLUGIN_OPTIONS.items():
             if arg.startswith(option):
