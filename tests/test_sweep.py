@@ -227,3 +227,28 @@ def test_a_missing_sweep_plugin_says_how_to_install_it(monkeypatch):
                                            "install the sweep extra"):
         check_command_line(["trainer.max_epochs=3", "hparams_search=optuna"])
     check_command_line(["model=cnn"])  # nothing asked for: nothing checked
+
+
+def test_hparams_put_the_keys_the_command_line_set_first(monkeypatch):
+    from types import SimpleNamespace
+
+    from harness import experiment
+
+    overrides = ["scheduler.warmup_epochs=2", "model=cnn", "+optimizer.foo=1"]
+    stub = SimpleNamespace(initialized=lambda: True,
+                           get=lambda: SimpleNamespace(overrides=SimpleNamespace(task=overrides)))
+    monkeypatch.setattr(experiment, "HydraConfig", stub)
+    config = {"model": {"_target_": "SmallCNN", "channels": [4]}, "optimizer": {"lr": 0.1, "foo": 1},
+              "scheduler": {"warmup_epochs": 2, "min_lr": 0.001}}
+    flat = experiment.hparams_overridden_first(config)
+    assert list(flat)[:3] == ["scheduler.warmup_epochs", "model._target_", "optimizer.foo"]
+    assert set(flat) == {"model._target_", "model.channels", "optimizer.lr", "optimizer.foo",
+                         "scheduler.warmup_epochs", "scheduler.min_lr"}
+
+
+def test_job_folder_names_are_safe_and_short():
+    from harness.experiment import job_name
+
+    assert job_name(3, "data.root=/x/my data,optimizer.lr=0.1") == "3_data.root=_x_my_data,optimizer.lr=0.1"
+    assert job_name(0, "") == "0"
+    assert len(job_name(12, "k=" + "v" * 500)) == 100
