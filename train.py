@@ -27,18 +27,18 @@ from omegaconf import DictConfig  # noqa: E402
 
 import harness  # noqa: E402
 from harness.cli import (  # noqa: E402
-    check_command_line,
     one_line,
     report_and_exit,
     resume_command,
+    run_entry_point,
     threads_per_job,
     warn_about_added_keys,
 )
 from harness.distributed import broadcast_object, setup, world  # noqa: E402
 from harness.errors import ConfigError, HarnessError, Interrupted, Stopped, TrainingError  # noqa: E402
 from harness.experiment import register_resolvers  # noqa: E402
-from harness.rundir import remove_if_unused, remove_unused_claims  # noqa: E402
-from harness.signals import signal_name, stop_at_once_on_signals  # noqa: E402
+from harness.rundir import remove_if_unused  # noqa: E402
+from harness.signals import signal_name  # noqa: E402
 from harness.sweep import write_result  # noqa: E402
 
 log = logging.getLogger("train")
@@ -116,12 +116,11 @@ def _share_run_stamp() -> None:
     os.environ.setdefault("HARNESS_RUN_STAMP", broadcast_object(datetime.now().isoformat()))
 
 
+def launch() -> None:
+    """The launch: one start time for all processes, then Hydra's main."""
+    _share_run_stamp()
+    main()
+
+
 if __name__ == "__main__":
-    try:
-        stop_at_once_on_signals()  # a signal from here on is reported in one line, with what is known
-        check_command_line(sys.argv[1:])
-        _share_run_stamp()
-        main()
-    except (HarnessError, Stopped) as error:
-        remove_unused_claims()  # stopped before main() could: no empty run folder behind
-        report_and_exit(error)
+    run_entry_point(launch, sys.argv[1:])

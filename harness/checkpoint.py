@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.checkpoint_schema import check_checkpoint
+from harness.checkpoint_schema import REQUIRED_KEYS, check_checkpoint
 from harness.cli import hydra_value
 from harness.errors import CheckpointError
 from harness.loop import TrainState
@@ -31,7 +31,6 @@ from harness.schedulers import ClosedFormScheduler
 __all__ = ["REQUIRED_KEYS", "Checkpointer", "capture_rng", "restore_rng", "save_atomic", "serialize", "write_atomic",
            "load_checkpoint", "resolve_resume", "restore_training_state"]
 
-REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "rng")
 LAST, BEST = "last.pt", "best.pt"
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_checkpoint"]
+__all__ = ["REQUIRED_KEYS", "check_checkpoint"]
 
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "rng")
 MT_WORDS = 624  # Mersenne Twister state words, in Python's and NumPy's generators
 
 
@@ -103,7 +104,7 @@ def check_checkpoint(checkpoint: Any) -> None:
     """Raises ``ValueError`` naming the first part of ``checkpoint`` that is not what the harness writes."""
     if not isinstance(checkpoint, dict):
         raise ValueError(f"it holds a {type(checkpoint).__name__}, not a dict of state dicts")
-    missing = [k for k in ("model", "optimizer", "scheduler", "train_state", "rng") if k not in checkpoint]
+    missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
     if missing:
         raise ValueError(f"it has no {', '.join(missing)}")
     _state_dict(checkpoint["model"], "model", tensors_only=True)

@@ -10,14 +10,14 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from harness.errors import HarnessError, Stopped
-from harness.rundir import check_run_dir, note_created
-from harness.signals import exit_at_once_on_signals, signal_name
+from harness.rundir import check_run_dir, note_created, remove_unused_claims
+from harness.signals import exit_at_once_on_signals, signal_name, stop_at_once_on_signals
 
 __all__ = ["prepare_process", "check_command_line", "hydra_value", "resume_command", "shell_command", "one_line",
-           "report_and_exit", "warn_about_added_keys", "threads_per_job"]
+           "report_and_exit", "run_entry_point", "warn_about_added_keys", "threads_per_job"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,18 @@ def report_and_exit(error: BaseException) -> None:
         sys.exit(128 + error.signum)
     print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+def run_entry_point(launch: Callable[[], object], argv: list[str]) -> None:
+    """Runs an entry point's ``launch`` (its Hydra main) after :func:`check_command_line`, reporting an
+    anticipated error or a stop in one line; a run directory this launch claimed and left unused is removed."""
+    try:
+        stop_at_once_on_signals()  # a signal from here on is reported in one line, with what is known
+        check_command_line(argv)
+        launch()
+    except (HarnessError, Stopped) as error:
+        remove_unused_claims()  # stopped before the run could clean up: no empty run folder behind
+        report_and_exit(error)
 
 
 def _keys_at(cfg, parent: str) -> list[str]:

@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.cli import check_command_line, prepare_process, report_and_exit, shell_command
-from harness.errors import ConfigError, HarnessError, Stopped
+from harness.cli import prepare_process, report_and_exit, run_entry_point, shell_command
+from harness.errors import ConfigError, HarnessError
 from harness.plots import save_figure
-from harness.signals import stop_at_once_on_signals
 
 __all__ = ["RangeTest", "lr_range_test", "suggest"]
 
@@ -202,12 +201,7 @@ def main() -> None:
         except HarnessError as e:
             report_and_exit(e)
 
-    try:
-        stop_at_once_on_signals()  # a signal from here on is reported in one line, with what is known
-        check_command_line(sys.argv[1:])
-        entry()
-    except (HarnessError, Stopped) as e:
-        report_and_exit(e)
+    run_entry_point(entry, sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -22,10 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from harness.cli import check_command_line, prepare_process, report_and_exit
-from harness.errors import ConfigError, HarnessError, Stopped
+from harness.cli import prepare_process, report_and_exit, run_entry_point
+from harness.errors import ConfigError, HarnessError
 from harness.plots import save_figure
-from harness.signals import stop_at_once_on_signals
 
 __all__ = ["simulate", "text_plot", "write_csv", "plot", "PreviewFigure"]
 
@@ -151,9 +150,4 @@ if __name__ == "__main__":
 
     prepare_process()
     register_resolvers()
-    try:
-        stop_at_once_on_signals()  # a signal from here on is reported in one line, with what is known
-        check_command_line(sys.argv[1:])
-        main()
-    except (HarnessError, Stopped) as e:
-        report_and_exit(e)
+    run_entry_point(main, sys.argv[1:])
