@@ -17,7 +17,6 @@ import math
 import os
 import random
 import re
-import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +40,7 @@ from harness.errors import CheckpointError, ConfigError, HarnessError, TrainingE
 from harness.loggers import TensorBoardLogger
 from harness.loop import TrainerConfig, TrainState, better_direction, fit
 from harness.models import count_parameters
-from harness.rundir import LOCK, RunLock, claim, claim_as
+from harness.rundir import RunLock, claim, claim_as, note_created, remove_if_unused
 from harness.signals import StopOnSignal
 from harness.version import __version__
 
@@ -383,7 +382,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     resume_from = resolve_resume(cfg.resume, run_dir)
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     run_dir = Path(run_dir)
-    made_dir = not run_dir.exists()
+    if not run_dir.exists():
+        note_created(run_dir)  # made here (by the lock): a failed start takes it back
     lock = RunLock(run_dir) if world().is_main else None  # one live process per run directory
     try:
         _check_start(run_dir, checkpoint, resume_from)
@@ -397,8 +397,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         finally:
             distributed.teardown()
     except BaseException:
-        if made_dir and lock is not None and [p.name for p in run_dir.iterdir()] == [LOCK]:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves nothing behind
+        if lock is not None:
+            remove_if_unused(run_dir)  # a failed start leaves nothing behind in a directory it made
         raise
     finally:
         if lock is not None:
