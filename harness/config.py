@@ -14,13 +14,15 @@ import logging
 import math
 from typing import Any
 
+import hydra.utils
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import ConfigError
-from harness.loop import MONITORABLE, TrainerConfig
+from harness.loop import TrainerConfig
+from harness.tasks import metric_direction
 
-__all__ = ["validate", "trainer_config"]
+__all__ = ["validate", "trainer_config", "task_metrics", "metric_direction_of"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,48 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
         raise ConfigError(f"trainer.{e}") from e
 
 
+def task_metrics(cfg: DictConfig) -> list[str]:
+    """The metrics a run of ``cfg`` can monitor and optimize: ``train/loss``, ``val/loss``, ``val/<name>`` of
+    each of ``task.metrics`` (one whose ``top_k`` the data's classes don't exceed is left out later, when the
+    data is known).
+
+    Raises:
+        ConfigError: the task has no ``loss`` or no ``metrics`` group.
+    """
+    task = _get(cfg, "task")
+    if not isinstance(task, DictConfig) or not isinstance(task.get("loss"), DictConfig):
+        raise ConfigError("task has no loss; pick a task (task=classification or task=regression) or give yours "
+                          "a loss: {_target_: ...} (see conf/task/)")
+    metrics = task.get("metrics") if "metrics" in task else {}
+    if not isinstance(metrics, DictConfig) or not all(isinstance(m, DictConfig) and "_target_" in m
+                                                      for m in metrics.values()):
+        raise ConfigError(f"task.metrics={_plain(metrics)!r} must map each metric's name to a {{_target_: ...}} "
+                          "entry (see conf/task/)")
+    return ["train/loss", "val/loss", *(f"val/{name}" for name in metrics)]
+
+
+def metric_direction_of(cfg: DictConfig, metric: str) -> str:
+    """``"max"`` or ``"min"``: which way ``metric`` is better in a run of ``cfg``; ``trainer.monitor_mode`` for
+    the monitored metric if it is set, else what the metric's class says (``higher_is_better``).
+
+    Raises:
+        ConfigError: a metric the task does not have, or one whose direction is unknown.
+    """
+    trainer = cfg.get("trainer") or {}
+    if metric == trainer.get("monitor") and trainer.get("monitor_mode") in ("max", "min"):
+        return trainer.monitor_mode
+    classes = {}
+    for name, spec in (cfg.task.get("metrics") or {}).items():
+        try:
+            classes[name] = hydra.utils.get_object(spec._target_)
+        except Exception as e:
+            raise ConfigError(f"task.metrics.{name}._target_={spec._target_} cannot be imported ({e})") from None
+    try:
+        return metric_direction(metric.replace("test/", "val/", 1), classes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def validate(cfg: DictConfig) -> TrainerConfig:
     """Raises :class:`ConfigError` for the first wrong value in ``cfg``; returns the trainer settings.
 
@@ -109,11 +153,17 @@ def validate(cfg: DictConfig) -> TrainerConfig:
     value = _get(cfg, "data.on_device", required=False)
     if value is not _MISSING and not isinstance(value, bool):
         raise ConfigError(f"data.on_device={value!r} must be true or false")
-    metric = _get(cfg, "optimized_metric")
-    if metric not in MONITORABLE:
-        raise ConfigError(
-            f"optimized_metric={metric!r} is not a metric of this harness; use one of {', '.join(MONITORABLE)}"
-        )
+    transforms = _get(cfg, "data.train_transforms", required=False)
+    if transforms not in (_MISSING, None) and not (isinstance(transforms, ListConfig) and all(
+            isinstance(t, DictConfig) and "_target_" in t for t in transforms)):
+        raise ConfigError(f"data.train_transforms={_plain(transforms)!r} must be a list of {{_target_: ...}} entries, "
+                          "e.g. [{_target_: torchvision.transforms.v2.RandomHorizontalFlip}]")
+    names = task_metrics(cfg)
+    for key, value in (("trainer.monitor", trainer.monitor), ("optimized_metric", _get(cfg, "optimized_metric"))):
+        if value not in names:
+            honest = " (the test split only reports; choose on validation)" if str(value).startswith("test/") else ""
+            raise ConfigError(f"{key}={value!r} is not a metric of this run{honest}; choose one of {', '.join(names)}")
+    metric_direction_of(cfg, trainer.monitor)
     resume = _get(cfg, "resume")
     if resume is not None and (not isinstance(resume, str) or not resume):
         raise ConfigError(f"resume={resume!r} must be null, auto, a run directory or a .pt file")

@@ -17,7 +17,7 @@ import math
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,26 +32,28 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from harness import distributed
-from harness.checkpoint import LAST, Checkpointer, load_checkpoint, resolve_resume, restore_training_state
-from harness.config import validate
+from harness.checkpoint import BEST, LAST, Checkpointer, load_checkpoint, resolve_resume, restore_training_state
+from harness.config import metric_direction_of, validate
 from harness.data import DataSplits, TensorLoader, make_loaders
 from harness.distributed import World, broadcast_object, world
 from harness.errors import CheckpointError, ConfigError, HarnessError, TrainingError
-from harness.loggers import TensorBoardLogger
-from harness.loop import TrainerConfig, TrainState, better_direction, fit
+from harness.loggers import Logger, TensorBoardLogger
+from harness.loop import TrainerConfig, TrainState, evaluate, fit
 from harness.models import count_parameters
 from harness.rundir import RunLock, claim, claim_as, note_created, remove_if_unused
 from harness.signals import StopOnSignal
+from harness.tasks import Task
 from harness.version import __version__
 
-__all__ = ["run", "build", "build_optimizer", "build_scheduler", "instantiate_group", "accepts", "Components",
+__all__ = ["run", "build", "build_data", "build_task", "build_optimizer", "build_scheduler", "instantiate_group",
+           "accepts", "Components", "test_best",
            "config_changes", "resolve_device", "resume_run_dir", "hydra_subdir", "run_stamp", "register_resolvers",
            "seed_everything"]
 
 log = logging.getLogger(__name__)
 
 # Keys of a group that configure the harness, not the group's _target_.
-DATA_LOADER_KEYS = ("batch_size", "num_workers", "on_device")
+DATA_LOADER_KEYS = ("batch_size", "num_workers", "on_device", "train_transforms")
 SCHEDULER_KEYS = ("interval",)
 
 
@@ -144,6 +146,58 @@ def build_scheduler(node: DictConfig, optimizer: torch.optim.Optimizer, steps_pe
                              **({"steps_per_epoch": steps_per_epoch} if takes_steps else {}))
 
 
+def build_task(node: DictConfig, splits: DataSplits, device: torch.device) -> Task:
+    """The ``task`` group for ``splits``: its loss, and its metrics on ``device``. A ``_partial_`` metric gets
+    the data's ``num_classes``; a metric whose ``top_k`` is not below the number of classes (always right)
+    is left out.
+
+    Raises:
+        ConfigError: the data's targets are not the task's, or a loss or metric can't be built.
+    """
+    targets = node.get("targets")
+    if targets is not None and targets != splits.targets:
+        kinds = {"class": "class labels", "value": "real values"}
+        raise ConfigError(f"task.targets={targets}: this task trains on {kinds.get(targets, targets)}, but the data "
+                          f"gives {kinds[splits.targets]}; pick the task for the data (task=classification for "
+                          "labels, task=regression for values)")
+    loss = instantiate_group("task.loss", node.loss)
+    metrics = {}
+    for name, spec in node.metrics.items():
+        top_k = spec.get("top_k")
+        if isinstance(top_k, int) and top_k >= splits.num_classes:
+            log.info("task.metrics.%s left out: top_k=%d with %d classes is always right", name, top_k,
+                     splits.num_classes)
+            continue
+        wants_classes = spec.get("_partial_", False) and "num_classes" in accepts(spec._target_)
+        metric = instantiate_group(f"task.metrics.{name}", spec,
+                                   **({"num_classes": splits.num_classes} if wants_classes else {}))
+        metrics[name] = metric.to(device)
+    return Task(loss.to(device) if isinstance(loss, torch.nn.Module) else loss, metrics, targets=targets)
+
+
+def build_transform(specs) -> Any:
+    """``data.train_transforms`` (a list of ``_target_`` entries) as one ``torchvision.transforms.v2.Compose``;
+    ``None`` for an empty list or ``null``."""
+    if not specs:
+        return None
+    from torchvision.transforms import v2
+
+    return v2.Compose([instantiate_group(f"data.train_transforms[{i}]", spec) for i, spec in enumerate(specs)])
+
+
+def build_data(cfg: DictConfig, device: torch.device, w: World) -> tuple[DataSplits, tuple]:
+    """The ``data`` group's splits and their ``(train, val, test)`` loaders for this process."""
+    splits = instantiate_group("data", cfg.data, drop=DATA_LOADER_KEYS)
+    if not isinstance(splits, DataSplits):
+        raise ConfigError(f"data: {cfg.data._target_} returned {type(splits).__name__}, not harness.data.DataSplits")
+    loaders = make_loaders(
+        splits, cfg.data.batch_size, cfg.data.num_workers, seed=cfg.seed, pin_memory=device.type == "cuda",
+        on_device=cfg.data.get("on_device", False), device=device, rank=w.rank, world_size=w.size,
+        train_transform=build_transform(cfg.data.get("train_transforms")),
+    )
+    return splits, loaders
+
+
 @dataclass
 class Components:
     """Everything a run trains with, built from the config and ready for :func:`harness.loop.fit`."""
@@ -154,6 +208,8 @@ class Components:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_loader: DataLoader | TensorLoader
     val_loader: DataLoader | TensorLoader
+    test_loader: DataLoader | TensorLoader
+    task: Task
     device: torch.device
     interval: str
     scaler: torch.amp.GradScaler
@@ -190,13 +246,11 @@ def build(cfg: DictConfig, trainer: TrainerConfig | None = None) -> Components:
         raise ConfigError(f"trainer.precision=16-mixed needs CUDA (the device is {device}); use bf16 on a CPU")
     seed_everything(cfg.seed)
 
-    splits = instantiate_group("data", cfg.data, drop=DATA_LOADER_KEYS)
-    if not isinstance(splits, DataSplits):
-        raise ConfigError(f"data: {cfg.data._target_} returned {type(splits).__name__}, not harness.data.DataSplits")
-    train_loader, val_loader = make_loaders(
-        splits, cfg.data.batch_size, cfg.data.num_workers, seed=cfg.seed, pin_memory=device.type == "cuda",
-        on_device=cfg.data.get("on_device", False), device=device, rank=w.rank, world_size=w.size,
-    )
+    splits, (train_loader, val_loader, test_loader) = build_data(cfg, device, w)
+    task = build_task(cfg.task, splits, device)
+    if trainer.monitor not in (names := ["train/loss", *task.names("val")]):
+        raise ConfigError(f"trainer.monitor={trainer.monitor} is not a metric of this run; choose one of "
+                          f"{', '.join(names)}")
     module = instantiate_group("model", cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
     module = module.to(device)
     optimizer = build_optimizer(cfg.optimizer, module.parameters(), device)
@@ -205,17 +259,17 @@ def build(cfg: DictConfig, trainer: TrainerConfig | None = None) -> Components:
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "16-mixed")
     log.info(
-        "%s (%d parameters) on %s%s: %d train / %d val samples, %d batches per epoch",
+        "%s (%d parameters) on %s%s: %d train / %d val / %d test samples, %d batches per epoch",
         type(module).__name__, count_parameters(module), device, f" (rank {w.rank} of {w.size})" if w.size > 1 else "",
-        len(splits.train), len(splits.val), len(train_loader),
+        len(splits.train), len(splits.val), len(splits.test), len(train_loader),
     )
     model = _compile(module) if trainer.compile else module
     if w.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return Components(model, module, optimizer, scheduler, train_loader, val_loader, device, interval, scaler, w,
-                      trainer)
+    return Components(model, module, optimizer, scheduler, train_loader, val_loader, test_loader, task, device,
+                      interval, scaler, w, trainer)
 
 
 def unique_dir(default: str) -> str:
@@ -299,7 +353,8 @@ def register_resolvers() -> None:
         "harness_now": run_stamp,
         "harness_fraction": fraction_of,
         "harness_job_name": job_name,
-        "harness_direction": lambda metric: "maximize" if better_direction(metric) == "max" else "minimize",
+        "harness_direction": lambda metric, *, _root_: (
+            "maximize" if metric_direction_of(_root_, metric) == "max" else "minimize"),
     }
     for name, resolver in resolvers.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
@@ -388,9 +443,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     try:
         _check_start(run_dir, checkpoint, resume_from)
         if checkpoint is not None and checkpoint["train_state"]["epoch"] >= trainer.max_epochs:
-            log.info("%s: %d epochs already trained (trainer.max_epochs=%d), nothing to do",
-                     resume_from, checkpoint["train_state"]["epoch"], trainer.max_epochs)
-            return checkpoint["train_state"].get("metrics", {})
+            log.info("%s: %d epochs already trained (trainer.max_epochs=%d), nothing to train%s", resume_from,
+                     checkpoint["train_state"]["epoch"], trainer.max_epochs, "; testing best.pt again"
+                     if trainer.test_at_end else "")
+            if not trainer.test_at_end:
+                return checkpoint["train_state"].get("metrics", {})
         c = build(cfg, trainer)
         try:
             return _train(cfg, c, run_dir, checkpoint, resume_from)
@@ -434,7 +491,7 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
         _check_resumable(checkpoint, config, c)
         state = restore_training_state(checkpoint, c.module, c.optimizer, c.scheduler, c.scaler)
         old = checkpoint.get("config", {}).get("trainer", {})
-        if (old.get("monitor"), old.get("monitor_mode")) != (c.trainer.monitor, c.trainer.monitor_mode):
+        if (old.get("monitor"), _mode(old, c.task)) != (c.trainer.monitor, _mode(asdict(c.trainer), c.task)):
             state.best, state.best_epoch = None, 0  # a best of another metric is no best of this one
         log.info("resuming from %s at epoch %d, step %d", resume_from, state.epoch, state.step)
     main = c.world.is_main  # only rank 0 writes TensorBoard, checkpoints and the progress bar
@@ -443,16 +500,22 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
     extra = {"config": config, "harness_version": __version__, "steps_per_epoch": len(c.train_loader)}
     checkpointer = Checkpointer(run_dir / "checkpoints", c.module, c.optimizer, c.scheduler, c.scaler, extra,
                                 latest=str(resume_from) if resume_from else None) if main else None
-    logger = TensorBoardLogger(run_dir, purge_step=state.step + 1 if checkpoint else None) if main else None
+    finished = state.epoch >= c.trainer.max_epochs  # only the test is left to do
+    logger = TensorBoardLogger(run_dir, purge_step=state.step + 1 if checkpoint else None) if main and not \
+        finished else None
     trainer = c.trainer if main else dataclasses.replace(c.trainer, progress_bar=False)
     try:
         with StopOnSignal() as stop:
             if logger is not None:
-                logger.log_hparams(hparams_overridden_first(config), metric_tags=["val/acc", "val/loss",
-                                                                                  "train/epoch_loss"])
+                tests = c.task.names("test") if trainer.test_at_end else []
+                tags = ["train/epoch_loss", *c.task.names("val"), *tests]
+                logger.log_hparams(hparams_overridden_first(config), metric_tags=tags)
             metrics = fit(c.model, c.optimizer, c.scheduler, c.train_loader, c.val_loader, trainer, device=c.device,
-                          interval=c.interval, scaler=c.scaler, logger=logger,
-                          save=checkpointer.save if checkpointer else None, stop=stop, state=state)
+                          interval=c.interval, loss_fn=c.task.loss, metrics=c.task.metrics, scaler=c.scaler,
+                          logger=logger, save=checkpointer.save if checkpointer else None, stop=stop, state=state)
+            if trainer.test_at_end:
+                metrics = {**(metrics or state.metrics), **test_best(c, run_dir / "checkpoints" / BEST, logger,
+                                                                       state.step)}
     except TrainingError as e:
         latest = checkpointer.latest if checkpointer else None
         raise TrainingError(f"{e}; {f'last good checkpoint: {latest}' if latest else 'no checkpoint yet'}") from e
@@ -462,6 +525,37 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
     log.info("final: %s", "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     log.info("run directory: %s", run_dir.resolve())
     return metrics
+
+
+def _mode(trainer: dict, task: Task) -> str | None:
+    """A trainer config's monitor direction, ``auto`` resolved by ``task``; ``None`` where it can't be."""
+    mode = trainer.get("monitor_mode")
+    if mode in ("max", "min"):
+        return mode
+    try:
+        return task.direction(trainer.get("monitor", ""))
+    except ValueError:
+        return None
+
+
+def test_best(c: Components, best: Path, logger: Logger | None = None, step: int = 0) -> dict[str, float]:
+    """Evaluates the weights of ``best`` (``best.pt``) on the test split, once, and logs ``test/*`` at x =
+    ``step`` (the run's last). Under torchrun every process loads it after rank 0 has written it.
+
+    Returns:
+        ``test/loss``, ``test/<name>`` of every metric, and ``test/epoch``, the epoch ``best.pt`` was saved at.
+    """
+    if c.world.size > 1:
+        torch.distributed.barrier()  # best.pt is complete on disk
+    checkpoint = load_checkpoint(best)
+    c.module.load_state_dict(checkpoint["model"])
+    results = evaluate(c.model, c.test_loader, c.device, c.task.loss, c.task.metrics, c.trainer.precision, "test")
+    results["test/epoch"] = checkpoint["train_state"]["epoch"]
+    if logger is not None:
+        logger.log(results, step)
+    log.info("test (%s, epoch %d): %s", best.name, results["test/epoch"],
+             "  ".join(f"{k} {v:.4f}" for k, v in results.items() if k != "test/epoch"))
+    return results
 
 
 register_resolvers()  # the config names them; composing it anywhere (tests, notebooks) needs them registered

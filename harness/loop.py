@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from itertools import islice
 from typing import Any
@@ -22,21 +22,23 @@ from harness.data import set_epoch
 from harness.distributed import any_rank, is_distributed, sum_over_ranks
 from harness.errors import Interrupted, TrainingError
 from harness.loggers import Logger
+from harness.tasks import metric_direction
 
-__all__ = ["TrainerConfig", "TrainState", "fit", "evaluate", "MONITORABLE", "better_direction"]
+__all__ = ["TrainerConfig", "TrainState", "fit", "evaluate", "monitorable"]
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SaveFn = Callable[["TrainState", bool], str]  # save(state, is_best) -> a description of what was written
 
+Metrics = Mapping[str, Any]  # name -> torchmetrics.Metric: update(output, targets), compute(), reset()
+
 AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
-MONITORABLE = ("val/acc", "val/loss", "train/loss")  # the metrics every epoch produces
 
 
-def better_direction(metric: str) -> str:
-    """``"min"`` for a loss, ``"max"`` for anything else (accuracies)."""
-    return "min" if metric.rsplit("/", 1)[-1].endswith("loss") else "max"
+def monitorable(metrics: Metrics) -> list[str]:
+    """The metrics every epoch produces, and so can pick ``best.pt``: ``train/loss``, ``val/loss``, ``val/<name>``."""
+    return ["train/loss", "val/loss", *(f"val/{name}" for name in metrics)]
 
 
 def _integer(name: str, value: Any, minimum: int) -> None:
@@ -66,8 +68,9 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model
     progress_bar: bool = True  # a progress bar per epoch (terminals only)
     checkpoint_every_n_epochs: int = 1  # epochs between last.pt writes; 0 = only at the end, stops, new bests
-    monitor: str = "val/acc"  # the metric that picks best.pt
-    monitor_mode: str = "max"  # max or min: which direction of the monitored metric is better
+    monitor: str = "val/loss"  # the metric that picks best.pt: train/loss, val/loss or val/<metric>
+    monitor_mode: str = "auto"  # max or min: which way the monitored metric is better; auto: the metric says
+    test_at_end: bool = True  # evaluate best.pt on the test split when training ends (the entry layer does)
     on_nonfinite: str = "stop"  # NaN/inf loss: stop, or skip_batch
     nonfinite_patience: int = 10  # with skip_batch: stop after this many non-finite batches in a row
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -81,10 +84,12 @@ class TrainerConfig:
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip >= 0 or math.isinf(clip):
             raise ValueError(f"grad_clip={clip!r} must be a number >= 0")
         _choice("precision", self.precision, tuple(AUTOCAST_DTYPES))
-        _choice("monitor", self.monitor, MONITORABLE)
-        _choice("monitor_mode", self.monitor_mode, ("max", "min"))
+        if not isinstance(self.monitor, str) or not self.monitor.startswith(("train/", "val/")):
+            raise ValueError(f"monitor={self.monitor!r} must be a train/ or val/ metric, e.g. val/loss (the test "
+                             "split only reports, it never picks a checkpoint)")
+        _choice("monitor_mode", self.monitor_mode, ("auto", "max", "min"))
         _choice("on_nonfinite", self.on_nonfinite, ("stop", "skip_batch"))
-        for name in ("compile", "progress_bar"):
+        for name in ("compile", "progress_bar", "test_at_end"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -136,29 +141,39 @@ def _autocast(device: torch.device, precision: str) -> torch.autocast:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, loss_fn: LossFn = F.cross_entropy,
-             precision: str = "32") -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` over ``loader`` (over all processes in a distributed run).
+             metrics: Metrics | None = None, precision: str = "32", split: str = "val") -> dict[str, float]:
+    """The mean loss and each metric of ``model`` over ``loader`` (over all processes in a distributed run).
 
-    The sums stay on the device until the end: one host-device sync per evaluation.
+    The loss sum and the metrics' states stay on the device until the end: one host-device sync per
+    evaluation (plus whatever input checks a metric makes).
+
+    Args:
+        metrics: ``name -> torchmetrics.Metric`` on ``device``; each is reset, then updated with every
+            batch's ``(model output, targets)``.
+        split: the prefix of the names returned.
 
     Returns:
-        ``{"val/loss": float, "val/acc": float}``.
+        ``{f"{split}/loss": float, f"{split}/<name>": float, ...}``.
     """
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * batch size, correct predictions
+    metrics = metrics or {}
+    for metric in metrics.values():
+        metric.reset()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, precision):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-        sums[0] += loss.double() * y.shape[0]
-        sums[1] += (logits.argmax(dim=1) == y).sum()
+            output = model(x)
+            loss = loss_fn(output, y)
+        loss_sum += loss.double() * y.shape[0]
+        for metric in metrics.values():
+            metric.update(output.float(), y)
         seen += y.shape[0]
-    loss_sum, correct, seen = sum_over_ranks([*sums.tolist(), seen], device)
+    loss_sum, seen = sum_over_ranks([loss_sum.item(), seen], device)
     if seen == 0:
-        raise ValueError("the validation loader is empty")
-    return {"val/loss": loss_sum / seen, "val/acc": correct / seen}
+        raise ValueError(f"the {split} loader is empty")
+    return {f"{split}/loss": loss_sum / seen, **{f"{split}/{name}": float(m.compute()) for name, m in metrics.items()}}
 
 
 def optimizer_step(model: nn.Module, optimizer: Optimizer, scaler: torch.amp.GradScaler, grad_clip: float) -> bool:
@@ -235,6 +250,7 @@ def fit(
     device: torch.device,
     interval: str = "epoch",
     loss_fn: LossFn = F.cross_entropy,
+    metrics: Metrics | None = None,
     scaler: torch.amp.GradScaler | None = None,
     logger: Logger | None = None,
     save: SaveFn | None = None,
@@ -255,7 +271,8 @@ def fit(
                     scheduler.step()                         # if interval == "step"
                     every log_every_n_steps steps: log train/loss (mean since the last point), lr/group<i>
                     stop requested (SIGINT/SIGTERM): save mid-epoch, raise Interrupted
-            evaluate on val_loader; log train/epoch_loss, val/loss, val/acc, epoch at the epoch's last step
+            evaluate on val_loader: val/loss and val/<name> of every metric; log them, train/epoch_loss and epoch
+                at the epoch's last step
             scheduler.step()                                 # if interval == "epoch"
             save every checkpoint_every_n_epochs epochs, at the end, and on a new best of config.monitor
             log the epoch's line
@@ -274,7 +291,9 @@ def fit(
         config: the loop's settings.
         device: where batches go.
         interval: ``"epoch"`` or ``"step"``: when ``scheduler.step()`` is called.
-        loss_fn: ``loss_fn(logits, targets)``, cross-entropy by default.
+        loss_fn: ``loss_fn(model output, targets)``, cross-entropy by default.
+        metrics: ``name -> torchmetrics.Metric`` on ``device``, computed on ``val_loader`` every epoch
+            (:func:`evaluate`); none by default.
         scaler: the ``GradScaler`` for ``16-mixed``; ``None`` for the others.
         logger: receives the scalars (``log(metrics, step)``); ``None`` logs nothing.
         save: ``save(state, is_best)`` writes a checkpoint and says what it wrote; ``None`` saves nothing.
@@ -282,10 +301,11 @@ def fit(
         state: where to start, from a checkpoint; updated as training goes. ``None`` starts at epoch 0.
 
     Returns:
-        The last epoch's ``train/loss`` (its mean), ``val/loss``, ``val/acc``, ``lr/group<i>``, ``epoch``
-        and ``step``; empty if no epoch was left to train.
+        The last epoch's ``train/loss`` (its mean), ``val/loss``, ``val/<name>`` of each metric,
+        ``lr/group<i>``, ``epoch`` and ``step``; empty if no epoch was left to train.
 
     Raises:
+        ValueError: ``config.monitor`` is not one of :func:`monitorable`, or its direction is unknown.
         TrainingError: the loss became NaN or infinite.
         Interrupted: ``stop`` was requested; ``save`` wrote the state after the last step.
     """
@@ -293,10 +313,14 @@ def fit(
         raise ValueError(f"interval={interval!r} must be 'epoch' or 'step'")
     if len(train_loader) == 0:
         raise ValueError("the training loader is empty")
-    cfg, state = config, state if state is not None else TrainState()
+    cfg, state, metrics = config, state if state is not None else TrainState(), metrics or {}
+    if cfg.monitor not in monitorable(metrics):
+        raise ValueError(f"monitor={cfg.monitor!r} is not a metric of this run; choose one of "
+                         f"{', '.join(monitorable(metrics))}")
+    mode = cfg.monitor_mode if cfg.monitor_mode != "auto" else metric_direction(cfg.monitor, metrics)
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     nonfinite = NonFinitePolicy(cfg.on_nonfinite, cfg.nonfinite_patience, state)
-    n_batches, metrics = len(train_loader), {}
+    n_batches, results = len(train_loader), {}
     lrs = [group["lr"] for group in optimizer.param_groups]
     for epoch in range(state.epoch, cfg.max_epochs):
         started = time.perf_counter()
@@ -361,23 +385,22 @@ def fit(
             raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped")
         train_loss = loss_sum / samples
         nonfinite.check(train_loss, "the epoch's mean training loss")
-        val = evaluate(model, val_loader, device, loss_fn, cfg.precision)
+        val = evaluate(model, val_loader, device, loss_fn, metrics, cfg.precision)
         nonfinite.check(val["val/loss"], "the validation loss")
         if logger is not None:
             logger.log({"train/epoch_loss": train_loss, **val, "epoch": epoch + 1}, state.step)
-        metrics = {"train/loss": train_loss, **val, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)},
+        results = {"train/loss": train_loss, **val, **{f"lr/group{i}": lr for i, lr in enumerate(lrs)},
                    "epoch": epoch + 1, "step": state.step}
-        state.metrics = metrics
+        state.metrics = results
         if interval == "epoch":
             scheduler.step()
         state.epoch, state.batch, state.epoch_loss, state.epoch_samples = epoch + 1, 0, 0.0, 0
-        is_best = state.improves(metrics[cfg.monitor], cfg.monitor_mode)
+        is_best = state.improves(results[cfg.monitor], mode)
         if is_best:
-            state.best, state.best_epoch = metrics[cfg.monitor], epoch + 1
+            state.best, state.best_epoch = results[cfg.monitor], epoch + 1
         every = cfg.checkpoint_every_n_epochs
         if save is not None and ((every and state.epoch % every == 0) or state.epoch == cfg.max_epochs or is_best):
             save(state, is_best)
-        log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.4g  (%s)", epoch + 1,
-                 cfg.max_epochs, train_loss, val["val/loss"], val["val/acc"], lrs[0],
-                 _duration(time.perf_counter() - started))
-    return metrics
+        log.info("epoch %d/%d  train/loss %.4f  %s  lr %.4g  (%s)", epoch + 1, cfg.max_epochs, train_loss,
+                 "  ".join(f"{k} {v:.4f}" for k, v in val.items()), lrs[0], _duration(time.perf_counter() - started))
+    return results

@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 
 from harness.checkpoint import write_atomic
 from harness.cli import hydra_value
-from harness.loop import better_direction
+from harness.config import metric_direction_of
+from harness.errors import ConfigError
 
 __all__ = ["write_result", "read_jobs", "summarize", "SweepSummary", "RESULT"]
 
@@ -113,15 +114,19 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def summarize(sweep_dir: str | Path, metric: str, monitor: str = "val/acc") -> list[dict[str, str]]:
+def summarize(sweep_dir: str | Path, metric: str, monitor: str = "val/acc", direction: str | None = None,
+              ) -> list[dict[str, str]]:
     """Writes ``summary.csv`` and ``summary.md`` for a sweep, best job first, and returns the rows.
 
-    Rows are sorted by the final value of ``metric`` (higher first for accuracies, lower first for
-    losses); jobs that failed or did not finish come last. ``monitor`` is the metric checkpoints track
-    as best (``trainer.monitor``).
+    Rows are sorted by the final value of ``metric``, the better first (``direction``: ``"max"`` or ``"min"``;
+    by default ``"min"`` for a loss, else ``"max"``);
+    jobs that failed or did not finish come last. ``monitor`` is the metric checkpoints track as best
+    (``trainer.monitor``). The ``test/`` value of ``metric`` (``test/acc`` for ``val/acc``) is shown where
+    the jobs report one: the test of their ``best.pt``.
     """
     jobs = read_jobs(sweep_dir)
-    sign = -1.0 if better_direction(metric) == "max" else 1.0
+    sign = 1.0 if (direction or ("min" if metric.endswith("/loss") else "max")) == "min" else -1.0
+    test = "test/" + metric.split("/", 1)[-1]
 
     def key(job: dict) -> tuple:
         value = job.get("metrics", {}).get(metric)
@@ -137,6 +142,7 @@ def summarize(sweep_dir: str | Path, metric: str, monitor: str = "val/acc") -> l
             "job": job["job"],
             "status": job.get("status", ""),
             metric: _fmt(job.get("metrics", {}).get(metric)),
+            test: _fmt(job.get("metrics", {}).get(test)),
             f"best {monitor}": _fmt(best.get("value")) if best.get("monitor") == monitor else "",
             "best epoch": _fmt(best.get("epoch")),
             "epochs": _fmt(job.get("epochs")),
@@ -145,10 +151,10 @@ def summarize(sweep_dir: str | Path, metric: str, monitor: str = "val/acc") -> l
             "error": job.get("error") or "",
             "dir": job["dir"],
         })
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if c != test or any(r[c] for r in rows)]
     sweep_dir = Path(sweep_dir)
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     shown = [c for c in columns if c != "dir"]
@@ -166,7 +172,12 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         metric = config.optimized_metric
-        rows = summarize(sweep_dir, metric, monitor=config.trainer.monitor)
+        try:
+            direction = metric_direction_of(config, metric)
+        except ConfigError as e:  # the jobs reported it; the summary still lists them
+            log.warning("sweep summary sorted with higher values first: %s", e)
+            direction = "max"
+        rows = summarize(sweep_dir, metric, monitor=config.trainer.monitor, direction=direction)
         if not rows:
             return
         table = (sweep_dir / "summary.md").read_text()
