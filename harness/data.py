@@ -271,9 +271,13 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 def augment(transform: Transform, x: torch.Tensor, seed: int, epoch: int, index: int) -> torch.Tensor:
     """``transform(x)`` with its random draws seeded by ``(seed, epoch, index)`` alone, so a sample's
     augmentation does not depend on loader workers, batch order or a resume: same run, same inputs."""
-    with torch.random.fork_rng(devices=[]):  # the global generator (dropout's) is left as it was
-        torch.manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63)
+    generator = torch.default_generator  # the CPU generator torchvision's random transforms draw from
+    state = generator.get_state()  # and dropout's: it is left as it was
+    generator.manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63)
+    try:
         return transform(x)
+    finally:
+        generator.set_state(state)
 
 
 class Augmented(Dataset):

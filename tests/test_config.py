@@ -1,5 +1,7 @@
 """Every bad config value fails before anything trains or is written, in one line that names the key."""
 
+import dataclasses
+
 import pytest
 
 import harness
@@ -23,12 +25,21 @@ BAD_VALUES = [
     (["trainer.grad_clip=inf"], "trainer.grad_clip=inf must be a number >= 0"),
     (["trainer.checkpoint_every_n_epochs=-1"], "trainer.checkpoint_every_n_epochs=-1 must be an integer >= 0"),
     (["trainer.precision=fp8"], "trainer.precision='fp8' must be one of 32, bf16, 16-mixed"),
-    (["trainer.monitor=val/f1"], "trainer.monitor='val/f1' must be one of val/acc, val/loss, train/loss"),
-    (["trainer.monitor_mode=up"], "trainer.monitor_mode='up' must be one of max, min"),
+    (["trainer.monitor=val/f2"], "trainer.monitor='val/f2' is not a metric of this run; choose one of train/loss, "
+                                 "val/loss, val/acc, val/top5_acc, val/f1"),
+    (["trainer.monitor=test/acc"], "trainer.monitor='test/acc' must be a train/ or val/ metric"),
+    (["trainer.monitor=val/r2", "task=regression", "data=digits"], "this task trains on real values, but the data "
+                                                                    "gives class labels"),
+    (["trainer.monitor_mode=up"], "trainer.monitor_mode='up' must be one of auto, max, min"),
+    (["task.metrics.acc=3"], "task.metrics={'acc': 3, "),
+    (["data.train_transforms=5"], "data.train_transforms=5 must be a list of {_target_: ...} entries"),
+    (["data.test_fraction=0.9"], "data.val_fraction=0.2 + test_fraction=0.9 leaves no training data out of 1797"),
     (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite='ignore' must be one of stop, skip_batch"),
     (["trainer.nonfinite_patience=0"], "trainer.nonfinite_patience=0 must be an integer >= 1"),
     (["+trainer.max_epoch=2"], "trainer.max_epoch is not a trainer setting"),
-    (["optimized_metric=val/f1"], "optimized_metric='val/f1' is not a metric of this harness; use one of val/acc"),
+    (["optimized_metric=val/f2"], "optimized_metric='val/f2' is not a metric of this run; choose one of train/loss"),
+    (["optimized_metric=test/acc"], "optimized_metric='test/acc' is not a metric of this run (the test split only "
+                                    "reports; choose on validation)"),
     (["resume=''"], "resume='' must be null, auto, a run directory or a .pt file"),
     (["resume=/no/such/run"], "resume=/no/such/run: no such run directory or checkpoint file"),
     (["data=mnist", "data.root=nowhere", "data.download=false"], "MNIST not found under"),
@@ -82,4 +93,6 @@ def test_the_trainer_yaml_and_its_schema_agree():
     from harness.config import trainer_config
     from harness.loop import TrainerConfig
 
-    assert trainer_config(compose_config()) == TrainerConfig(), "conf/trainer/default.yaml and TrainerConfig differ"
+    # monitor follows the task in the YAML (val/acc for classification); the schema's default needs no task
+    yaml = dataclasses.replace(trainer_config(compose_config()), monitor="val/loss")
+    assert yaml == TrainerConfig(), "conf/trainer/default.yaml and TrainerConfig differ"
