@@ -514,8 +514,8 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
                           interval=c.interval, loss_fn=c.task.loss, metrics=c.task.metrics, scaler=c.scaler,
                           logger=logger, save=checkpointer.save if checkpointer else None, stop=stop, state=state)
             if trainer.test_at_end:
-                metrics = {**(metrics or state.metrics), **test_best(c, run_dir / "checkpoints" / BEST, logger,
-                                                                       state.step)}
+                best = _best_checkpoint(run_dir, resume_from)
+                metrics = {**(metrics or state.metrics), **test_best(c, best, logger, state.step)}
     except TrainingError as e:
         latest = checkpointer.latest if checkpointer else None
         raise TrainingError(f"{e}; {f'last good checkpoint: {latest}' if latest else 'no checkpoint yet'}") from e
@@ -525,6 +525,17 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
     log.info("final: %s", "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     log.info("run directory: %s", run_dir.resolve())
     return metrics
+
+
+def _best_checkpoint(run_dir: Path, resume_from: Path | None) -> Path:
+    """The run's ``best.pt``: its own; after a resume in a new directory with no new best since, the one of the
+    run it resumed; failing both (deleted by hand), ``last.pt``, with a warning."""
+    candidates = [run_dir / "checkpoints" / BEST, *([resume_from.with_name(BEST)] if resume_from else [])]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        found = run_dir / "checkpoints" / LAST
+        log.warning("no best.pt in %s: testing %s instead", run_dir / "checkpoints", found)
+    return found
 
 
 def _mode(trainer: dict, task: Task) -> str | None:

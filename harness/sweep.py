@@ -151,7 +151,10 @@ def summarize(sweep_dir: str | Path, metric: str, monitor: str = "val/acc", dire
             "error": job.get("error") or "",
             "dir": job["dir"],
         })
-    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if c != test or any(r[c] for r in rows)]
+    if not any(row[test] for row in rows):  # the jobs ran no test (trainer.test_at_end=false)
+        for row in rows:
+            del row[test]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     sweep_dir = Path(sweep_dir)
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from harness.errors import ConfigError, DataError
 from harness.experiment import build, resolve_device
@@ -14,8 +13,10 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_has_its_options():
-    assert options("model") == ["cnn", "mlp", "resnet18"]
-    assert options("data") == ["cifar10", "digits", "fake", "fashion_mnist", "imagefolder", "mnist"]
+    assert options("model") == ["cnn", "mlp", "resnet18", "timm"]
+    assert options("data") == ["cifar10", "diabetes", "digits", "digits_augmented", "fake", "fashion_mnist",
+                               "imagefolder", "mnist"]
+    assert options("task") == ["classification", "regression"]
     assert options("optimizer") == ["adamw", "sgd"]
     assert options("scheduler") == ["constant", "constant_warmup", "cosine_restarts", "cosine_warmup",
                                     "linear_warmup", "multistep", "onecycle", "step", "wsd"]
@@ -26,7 +27,7 @@ def train_one_batch(components) -> float:
     model, optimizer = components.model, components.optimizer
     x, y = next(iter(components.train_loader))
     optimizer.zero_grad()
-    loss = F.cross_entropy(model(x), y)
+    loss = components.task.loss(model(x), y)
     loss.backward()
     optimizer.step()
     components.scheduler.step()
@@ -36,7 +37,8 @@ def train_one_batch(components) -> float:
 @pytest.mark.parametrize("group", ["model", "optimizer", "scheduler"])
 def test_every_option_builds_and_trains_a_step(group):
     for option in options(group):
-        components = build(compose_config([*FAST, f"{group}={option}", "data.batch_size=16"]))
+        tiny = ["model.name=test_resnet"] if option == "timm" else []  # one of timm's own test models
+        components = build(compose_config([*FAST, f"{group}={option}", "data.batch_size=16", *tiny]))
         loss = train_one_batch(components)
         assert torch.isfinite(torch.tensor(loss)), option
         assert components.model(next(iter(components.val_loader))[0]).shape[1] == 10
@@ -46,7 +48,9 @@ def test_every_option_builds_and_trains_a_step(group):
 def data_overrides(mnist_root, cifar_root, imagefolder_root):
     return {
         "digits": [],
-        "fake": ["data.train_size=20", "data.val_size=8"],
+        "digits_augmented": [],
+        "diabetes": ["task=regression"],
+        "fake": ["data.train_size=20", "data.val_size=8", "data.test_size=8"],
         "mnist": [f"data.root={mnist_root}", "data.download=false", "data.num_workers=0"],
         "fashion_mnist": [f"data.root={mnist_root}", "data.download=false", "data.num_workers=0"],
         "cifar10": [f"data.root={cifar_root}", "data.download=false", "data.num_workers=0"],
@@ -57,6 +61,8 @@ def data_overrides(mnist_root, cifar_root, imagefolder_root):
 def test_every_data_option_builds_and_sizes_the_model(data_overrides):
     expected = {
         "digits": ((1, 8, 8), 10),
+        "digits_augmented": ((1, 8, 8), 10),
+        "diabetes": ((10,), 1),
         "fake": ((3, 32, 32), 10),
         "mnist": ((1, 28, 28), 10),
         "fashion_mnist": ((1, 28, 28), 10),
@@ -65,26 +71,30 @@ def test_every_data_option_builds_and_sizes_the_model(data_overrides):
     }
     assert sorted(data_overrides) == options("data")
     for option, overrides in data_overrides.items():
-        for model in options("model"):
-            cfg = compose_config([*FAST, f"data={option}", f"model={model}", "data.batch_size=4", *overrides])
+        for model in options("model") if option != "diabetes" else ["mlp"]:  # the others take images
+            tiny = ["model.name=test_resnet"] if model == "timm" else []
+            cfg = compose_config([*FAST, f"data={option}", f"model={model}", "data.batch_size=4", *overrides, *tiny])
             components = build(cfg)
             x, y = next(iter(components.train_loader))
             shape, classes = expected[option]
             assert tuple(x.shape[1:]) == shape, option
             assert components.model(x).shape == (len(y), classes), (option, model)
             assert train_one_batch(components) > 0
+            test = next(iter(components.test_loader))
+            assert tuple(test[0].shape[1:]) == shape
 
 
 def test_imagefolder_with_a_worker_process(imagefolder_root):
     cfg = compose_config([*FAST, "data=imagefolder", f"data.root={imagefolder_root}", "data.image_size=8"])
     components = build(cfg)  # num_workers=2, the option's default
-    assert sum(len(y) for _, y in components.train_loader) + sum(len(y) for _, y in components.val_loader) == 18
+    assert sum(len(y) for loader in (components.train_loader, components.val_loader, components.test_loader)
+               for _, y in loader) == 18
 
 
 def test_interval_step_counts_scheduler_steps_per_batch():
     components = build(compose_config([*FAST, "scheduler.interval=step", "data.batch_size=100"]))
-    assert len(components.train_loader) == 15  # 1438 training digits / 100, rounded up
-    assert components.scheduler.steps_per_epoch == 15
+    assert len(components.train_loader) == 11  # 1079 training digits / 100, rounded up
+    assert components.scheduler.steps_per_epoch == 11
 
 
 def test_missing_torchvision_data_set_says_where_and_how(tmp_path):

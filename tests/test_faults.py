@@ -85,7 +85,7 @@ DAMAGED_CHECKPOINTS = [  # (what is changed, the value, what the one line says)
     ("train_state", DELETE, "it has no train_state"),
     ("train_state.step", -5, "train_state.step=-5 must be an integer >= 0"),
     ("train_state.epoch", 1.5, "train_state.epoch=1.5 must be an integer >= 0"),
-    ("train_state.batch", 10_000, "train_state.batch=10000 is beyond the epoch's 23 batches"),
+    ("train_state.batch", 10_000, "train_state.batch=10000 is beyond the epoch's 17 batches"),
     ("train_state.best_epoch", 99, "train_state.best_epoch=99 is after its epoch=2"),
     ("train_state.metrics", {"val/acc": "high"}, "train_state.metrics={'val/acc': 'high'} must be a dict"),
     ("rng.torch", torch.zeros(7, dtype=torch.uint8), "rng.torch is not a torch CPU generator state"),

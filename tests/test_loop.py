@@ -21,7 +21,14 @@ def settings(**kwargs) -> TrainerConfig:
     return TrainerConfig(**{"progress_bar": False, **kwargs})
 
 
+def accuracy() -> dict:
+    from torchmetrics.classification import MulticlassAccuracy
+
+    return {"acc": MulticlassAccuracy(num_classes=2, average="micro")}
+
+
 def train(interval="epoch", epochs=5, log_every=1, **kwargs):
+    kwargs.setdefault("metrics", accuracy())
     model, loader, val = toy_problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     spe = len(loader) if interval == "step" else 1
@@ -167,7 +174,7 @@ def test_grad_clip_bounds_the_update():
 
 def test_evaluate_counts_every_sample():
     model, _, val = toy_problem(n=37, batch_size=10)
-    out = evaluate(model, val, CPU)
+    out = evaluate(model, val, CPU, metrics=accuracy())
     with torch.no_grad():
         x, y = val.dataset.tensors
         logits = model(x)

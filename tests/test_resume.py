@@ -54,7 +54,7 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         again = run(tmp_path, "done", "trainer.max_epochs=2", "resume=auto")
     assert again == first
-    assert "nothing to do" in caplog.text
+    assert "nothing to train; testing best.pt again" in caplog.text
     assert (tmp_path / "done" / "checkpoints" / "last.pt").read_bytes() == before
 
 
@@ -84,7 +84,7 @@ def test_resume_with_another_optimizer_or_batch_size_is_refused(tmp_path):
     run(tmp_path, "r", "trainer.max_epochs=1")
     with pytest.raises(CheckpointError, match="cannot resume with optimizer torch.optim.AdamW"):
         run(tmp_path, "r", "trainer.max_epochs=2", "optimizer=adamw", "optimizer.lr=0.1", "resume=auto")
-    with pytest.raises(CheckpointError, match="an epoch is now 12 steps, in the checkpoint 23"):
+    with pytest.raises(CheckpointError, match="an epoch is now 9 steps, in the checkpoint 17"):
         run(tmp_path, "r", "trainer.max_epochs=2", "data.batch_size=128", "resume=auto")
 
 
@@ -217,4 +217,6 @@ def test_checkpoint_cadence(tmp_path, monkeypatch):
     run(tmp_path, "sparse", "trainer.max_epochs=6", "trainer.checkpoint_every_n_epochs=4")
     (tmp_path / "sparse" / "checkpoints" / "last.pt").unlink()
     (tmp_path / "sparse" / "checkpoints" / "best.pt").rename(tmp_path / "sparse" / "checkpoints" / "last.pt")
-    assert run(tmp_path, "sparse", "trainer.max_epochs=6", "resume=auto") == full  # from an older one: still exact
+    resumed = run(tmp_path, "sparse", "trainer.max_epochs=6", "resume=auto")  # from an older one: still exact
+    trained = {k: v for k, v in resumed.items() if not k.startswith("test/")}  # best.pt was moved away above
+    assert trained == {k: v for k, v in full.items() if not k.startswith("test/")}

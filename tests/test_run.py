@@ -48,10 +48,10 @@ def test_same_config_and_seed_give_the_same_numbers(tmp_path):
 
 
 def test_default_config_learns_digits(tmp_path):
-    """The shipped default (30 epochs) reaches the 97% the README promises."""
+    """The shipped default (30 epochs) reaches the 97% test accuracy the README promises."""
     metrics = harness.run(compose_config(["trainer.progress_bar=false", "trainer.device=cpu"]), tmp_path)
     assert metrics["epoch"] == 30
-    assert metrics["val/acc"] >= 0.97
+    assert metrics["test/acc"] >= 0.97 and metrics["val/acc"] >= 0.96
 
 
 def test_events_are_flushed_when_training_fails(tmp_path):
@@ -65,10 +65,10 @@ def test_events_are_flushed_when_training_fails(tmp_path):
 @pytest.mark.parametrize("epochs, accuracy", [(1, 0.90), (2, 0.95)])
 def test_short_runs_at_the_defaults_warm_up_and_learn(tmp_path, epochs, accuracy):
     metrics = harness.run(compose_config([f"trainer.max_epochs={epochs}", "trainer.device=cpu",
-                                          "trainer.progress_bar=false"]), tmp_path)
+                                          "trainer.progress_bar=false", "trainer.log_every_n_steps=1"]), tmp_path)
     assert metrics["val/acc"] >= accuracy
     lrs = [lr for _, lr in read_scalars(tmp_path)["lr/group0"]]
-    assert max(lrs) > 0.05 and lrs[-1] < 0.01, "a real warmup and decay (logged every 10 steps), not min_lr only"
+    assert max(lrs) > 0.05 and lrs[-1] < 0.01, "a real warmup and decay, not min_lr only"
 
 
 def test_a_fractional_warmup_with_interval_epoch_is_the_schedule_at_whole_epochs():

@@ -15,10 +15,11 @@ NO_DROPOUT = [*FAST, "model.dropout=0.0", "scheduler.warmup_epochs=1", "trainer.
 
 
 def test_accumulating_two_batches_of_b_matches_one_batch_of_2b(tmp_path):
-    one = harness.run(compose_config([*NO_DROPOUT, "data.batch_size=64"]), tmp_path / "one")
-    two = harness.run(compose_config([*NO_DROPOUT, "data.batch_size=32", "trainer.accumulate_grad_batches=2"]),
+    # 1079 training digits: 67 batches of 16 and one of 7, which the accumulation's last group holds alone
+    one = harness.run(compose_config([*NO_DROPOUT, "data.batch_size=16"]), tmp_path / "one")
+    two = harness.run(compose_config([*NO_DROPOUT, "data.batch_size=8", "trainer.accumulate_grad_batches=2"]),
                       tmp_path / "two")
-    assert two["step"] == one["step"] == 3 * 23
+    assert two["step"] == one["step"] == 3 * 68
     for key in ("train/loss", "val/loss", "val/acc"):
         assert two[key] == pytest.approx(one[key], rel=1e-4), key
     a = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["model"]
@@ -30,8 +31,8 @@ def test_accumulating_two_batches_of_b_matches_one_batch_of_2b(tmp_path):
 def test_accumulation_counts_optimizer_steps_for_a_step_schedule():
     c = build(compose_config([*FAST, "scheduler.interval=step", "data.batch_size=32",
                               "trainer.accumulate_grad_batches=4"]))
-    assert len(c.train_loader) == 45
-    assert c.scheduler.steps_per_epoch == 12  # ceil(45 / 4)
+    assert len(c.train_loader) == 34
+    assert c.scheduler.steps_per_epoch == 9  # ceil(34 / 4)
 
 
 def test_bf16_trains_on_cpu(tmp_path):
@@ -97,9 +98,10 @@ def test_compile_trains_and_checkpoints_plain_weights(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_stopped_by_a_signal_to_one_rank_resumes_and_matches_one_process(tmp_path):
-    # 2 ranks x batch 32 = one process x batch 64: 23 steps an epoch. Rank 0 alone gets SIGTERM after step 25;
-    # the ranks agree to stop at the next logging point (step 30), rank 0 saves, and the resume finishes.
-    common = [*NO_DROPOUT[1:], "trainer.log_every_n_steps=10"]
+    # 2 ranks x batch 32 = one process x batch 64: 17 steps an epoch (1080 training digits, so the ranks' halves
+    # need no padding). Rank 0 alone gets SIGTERM after step 25; the ranks agree to stop at the next logging
+    # point (step 30), rank 0 saves, and the resume finishes.
+    common = [*NO_DROPOUT[1:], "trainer.log_every_n_steps=10", "data.val_fraction=0.1992"]
     harness.run(compose_config([*common, "data.batch_size=64"]), tmp_path / "single")  # in this process
     ddp = [*common, "data.batch_size=32", "hydra.run.dir=ddp"]
     stopped = train(ddp, tmp_path, torchrun=2, signal_at_step=25)
@@ -107,13 +109,13 @@ def test_torchrun_stopped_by_a_signal_to_one_rank_resumes_and_matches_one_proces
     assert stopped.stderr.count("stopped by SIGTERM at epoch 2, step 30") == 1, stopped.stderr[-3000:]
     assert "resume with: torchrun --nproc_per_node=2 train.py" in stopped.stderr
     last = tmp_path / "ddp" / "checkpoints" / "last.pt"
-    assert load_checkpoint(last)["train_state"]["batch"] == 7
+    assert load_checkpoint(last)["train_state"]["batch"] == 13
     resumed = train([*ddp, "resume=auto"], tmp_path, torchrun=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(list((tmp_path / "ddp").glob("events.out.tfevents.*"))) == 2, "only rank 0 writes TensorBoard"
     a = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["train_state"]["metrics"]
     b = load_checkpoint(last)["train_state"]["metrics"]
-    assert b["step"] == a["step"] == 3 * 23
+    assert b["step"] == a["step"] == 3 * 17
     for key in ("train/loss", "val/loss", "val/acc"):  # same samples per step; only float sums differ
         assert b[key] == pytest.approx(a[key], rel=1e-4), key
 

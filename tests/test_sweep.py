@@ -202,7 +202,7 @@ def test_an_interrupted_sweep_is_finished_by_rerunning_the_command(tmp_path):
     rows = read_summary(sweep_dir)
     assert numbers(rows) == [0, 1, 2], "the rerun found the jobs' folders by their names"
     assert all(r["status"] == "finished" and r["epochs"] == "3" for r in rows)
-    assert "nothing to do" in (job(sweep_dir, 0) / "train.log").read_text()
+    assert "nothing to train" in (job(sweep_dir, 0) / "train.log").read_text()
     assert "resuming from" in (job(sweep_dir, 1) / "train.log").read_text()
     assert json.loads((job(sweep_dir, 0) / "result.json").read_text())["metrics"] == first_job["metrics"]
 
