@@ -77,30 +77,34 @@ def save_atomic(state: Mapping[str, Any], path: str | Path) -> Path:
     return write_atomic(path, serialize(state))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, key: str = "resume") -> dict[str, Any]:
     """Reads a checkpoint written by :class:`Checkpointer` as data (``weights_only=True``), onto the CPU.
+
+    Args:
+        path: the file.
+        key: the setting that named it, for the messages (``resume``, or ``eval.py``'s ``ckpt_path``).
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupt, or not a harness checkpoint.
     """
     path = Path(path)
+    fresh = ", or start fresh without resume=" if key == "resume" else ""
     if not path.is_file():
-        raise CheckpointError(f"resume={path}: no such checkpoint file")
+        raise CheckpointError(f"{key}={path}: no such checkpoint file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged zip or pickle
         reason = " ".join(str(e).split())[:160]
         other = next((p for p in (path.with_name(BEST), path.with_name(LAST)) if p != path and p.is_file()), None)
-        instead = f"resume from another one, e.g. {other}," if other else "resume from another checkpoint"
+        instead = f"use another one, e.g. {key}={other}" if other else "use another checkpoint"
         raise CheckpointError(
-            f"resume={path} is not a readable checkpoint (truncated or corrupt: {reason}); "
-            f"{instead} or start fresh without resume="
+            f"{key}={path} is not a readable checkpoint (truncated or corrupt: {reason}); {instead}{fresh}"
         ) from e
     try:
         check_checkpoint(checkpoint)
     except ValueError as e:
-        raise CheckpointError(f"resume={path} is not a harness checkpoint ({e}); resume from one this harness "
-                              "wrote, or start fresh without resume=") from e
+        raise CheckpointError(f"{key}={path} is not a harness checkpoint ({e}); use one this harness wrote{fresh}"
+                              ) from e
     return checkpoint
 
 

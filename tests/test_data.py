@@ -11,7 +11,8 @@ def test_digits_split_is_fixed_disjoint_and_complete():
     for part in ("train", "val", "test"):
         assert torch.equal(getattr(a, part).tensors[0], getattr(b, part).tensors[0])
     assert a.input_shape == (1, 8, 8) and a.num_classes == 10 and a.targets == "class"
-    rows = {part: [tuple(r.flatten().tolist()) for r in getattr(a, part).tensors[0]] for part in ("train", "val", "test")}
+    rows = {part: [tuple(r.flatten().tolist()) for r in getattr(a, part).tensors[0]]
+            for part in ("train", "val", "test")}
     # the digits set has a few exact duplicates; the split itself must still not share indices
     assert sum(r in set(rows["train"]) for r in rows["val"] + rows["test"]) < 8
     assert sum(r in set(rows["val"]) for r in rows["test"]) < 5
@@ -64,7 +65,8 @@ def test_torchvision_sets_carve_validation_from_training_and_test_on_the_officia
 
     splits = _torchvision("X", _OfficialSplits, "data", False, 0.2, 0, (0.0,), (1.0,), (1, 2, 2), 2)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (40, 10, 20)
-    labels = {part: {getattr(splits, part)[i][1] for i in range(len(getattr(splits, part)))} for part in ("val", "test")}
+    labels = {part: {getattr(splits, part)[i][1] for i in range(len(getattr(splits, part)))}
+              for part in ("val", "test")}
     assert labels == {"val": {0}, "test": {1}}
     assert not set(splits.train.indices) & set(splits.val.indices)
     again = _torchvision("X", _OfficialSplits, "data", False, 0.2, 0, (0.0,), (1.0,), (1, 2, 2), 2)
