@@ -252,3 +252,14 @@ def test_job_folder_names_are_safe_and_short():
     assert job_name(3, "data.root=/x/my data,optimizer.lr=0.1") == "3_data.root=_x_my_data,optimizer.lr=0.1"
     assert job_name(0, "") == "0"
     assert len(job_name(12, "k=" + "v" * 500)) == 100
+
+
+def test_summary_shows_the_test_of_each_job_beside_the_optimized_metric(tmp_path):
+    for name, (val, test) in {"0": (0.2, 0.3), "1": (0.1, 0.25)}.items():
+        job = tmp_path / name
+        (job / ".hydra").mkdir(parents=True)
+        write_result(job, "finished", [f"optimizer.lr=0.{name}"], 1.0, metrics={"val/mae": val, "test/mae": test})
+    rows = summarize(tmp_path, "val/mae", direction="min")
+    assert [(r["job"], r["val/mae"], r["test/mae"]) for r in rows] == [("1", "0.1000", "0.2500"),
+                                                                       ("0", "0.2000", "0.3000")]
+    assert (tmp_path / "summary.md").read_text().startswith("| job | status | val/mae | test/mae |")
