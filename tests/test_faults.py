@@ -130,7 +130,7 @@ def test_a_foreign_file_outside_a_run_names_no_checkpoint_that_does_not_exist(tm
     foreign.write_text("not a checkpoint\n")
     code, err = exit_of(capsys, lambda: harness.run(compose_config([*QUICK, f"resume={foreign}"]), tmp_path / "run"))
     assert code == 1 and err.count("\n") == 1 and "is not a readable checkpoint" in err
-    assert "best.pt" not in err and "resume from another checkpoint or start fresh" in err
+    assert "best.pt" not in err and "use another checkpoint, or start fresh" in err
     assert foreign.read_text() == "not a checkpoint\n" and not (tmp_path / "run").exists()
 
 

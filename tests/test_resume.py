@@ -114,7 +114,7 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_the_printed_resume_command_gives_the_uninterrupted_numbers(tmp_path):
-    # batches of 16: 90 steps an epoch, so step 120 is batch 30 of epoch 2
+    # batches of 16: 68 steps an epoch, so step 120 is batch 52 of epoch 2
     common = ["trainer.max_epochs=2", "scheduler.warmup_epochs=1", "data.batch_size=16", "trainer.progress_bar=false"]
     harness.run(compose_config(common), tmp_path / "full")  # the uninterrupted run, in this process
     stopped = train(common, tmp_path, signal_at_step=120)
@@ -123,7 +123,7 @@ def test_sigterm_mid_epoch_then_the_printed_resume_command_gives_the_uninterrupt
     (run_dir,) = [p.parent.parent for p in (tmp_path / "outputs").rglob(".hydra/config.yaml")]
     last = run_dir / "checkpoints" / "last.pt"
     interrupted = load_checkpoint(last)["train_state"]
-    assert (interrupted["epoch"], interrupted["step"], interrupted["batch"]) == (1, 120, 30)
+    assert (interrupted["epoch"], interrupted["step"], interrupted["batch"]) == (1, 120, 52)
     hint = next(line for line in stopped.stderr.splitlines() if line.startswith("resume with: "))
     assert hint == f"resume with: python train.py {' '.join(common)} resume={run_dir}"
 

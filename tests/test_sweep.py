@@ -188,8 +188,8 @@ def test_a_parallel_sweep_records_failing_jobs_and_goes_on(tmp_path):
 def test_an_interrupted_sweep_is_finished_by_rerunning_the_command(tmp_path):
     args = ["scheduler.warmup_epochs=0,1,2", "trainer.max_epochs=3", "data.batch_size=16",
             "trainer.progress_bar=false", "trainer.device=cpu"]
-    # 90 steps an epoch, 270 a job: step 270 + 150 is in the second epoch of the second job
-    rc, _, stderr = sweep(args, tmp_path, signal_at_step=270 + 150)
+    # 68 steps an epoch, 204 a job: step 204 + 110 is in the second epoch of the second job
+    rc, _, stderr = sweep(args, tmp_path, signal_at_step=204 + 110)
     assert rc == 128 + signal.SIGTERM, stderr[-2000:]
     sweep_dir = only_sweep_dir(tmp_path)
     first_job = json.loads((job(sweep_dir, 0) / "result.json").read_text())

@@ -43,8 +43,9 @@ def test_readme_command(command, tmp_path):
         assert (run_dir / ".hydra" / "config.yaml").exists()
         assert f"run directory: {run_dir}" in result.stdout
         assert "epoch 30/30" in result.stdout
-        val_acc = float(result.stdout.split("val/acc ")[-1].split()[0])
-        assert val_acc >= 0.97
+        test_acc = float(result.stdout.split("test/acc ")[-1].split()[0])
+        assert test_acc >= 0.97, "the README's promise"
+        assert "test (best.pt, epoch" in result.stdout
 
 
 @pytest.mark.parametrize("command", README_OVERRIDES)
