@@ -164,7 +164,7 @@ def run_lr_find(cfg, run_dir: str | Path, overrides: list[str] = ()) -> RangeTes
     knobs = cfg.lr_find
     try:
         test = lr_range_test(c.model, c.optimizer, c.train_loader, c.device, knobs.min_lr, knobs.max_lr,
-                             knobs.num_steps, knobs.smoothing, knobs.diverge_factor)
+                             knobs.num_steps, knobs.smoothing, knobs.diverge_factor, loss_fn=c.task.loss)
     except ValueError as e:
         raise HarnessError(str(e)) from e
     run_dir = Path(run_dir)
