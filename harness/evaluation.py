@@ -16,11 +16,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from harness.build import build_data, build_task, instantiate_group, resolve_device, seed_everything
 from harness.checkpoint import BEST, LAST, load_checkpoint, write_atomic
 from harness.config import validate
 from harness.distributed import World
 from harness.errors import CheckpointError, ConfigError
-from harness.experiment import build_data, build_task, instantiate_group, resolve_device, seed_everything
 from harness.loop import evaluate
 
 __all__ = ["find_checkpoint", "evaluate_checkpoint", "record_evaluation", "EVAL", "SPLITS"]

@@ -156,7 +156,7 @@ def run_lr_find(cfg, run_dir: str | Path, overrides: list[str] = ()) -> RangeTes
     """Builds the run from ``cfg`` (as training would), runs the range test with ``cfg.lr_find``, and
     writes its curve to TensorBoard and ``lr_find.png`` in ``run_dir``. The suggested command repeats the
     command line's ``overrides`` (less the range test's own), so it trains the model that was tested."""
-    from harness.experiment import build
+    from harness.build import build
     from harness.loggers import TensorBoardLogger
 
     check_knobs(cfg.lr_find)

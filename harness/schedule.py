@@ -80,8 +80,8 @@ def plot(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: 
 
 
 def _preview(cfg: DictConfig, out_dir: Path) -> list[list[float]]:
+    from harness.build import build_optimizer, build_scheduler  # built as a training run builds them
     from harness.config import validate
-    from harness.experiment import build_optimizer, build_scheduler  # built as a training run builds them
 
     trainer = validate(cfg)
     interval = cfg.scheduler.interval

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from harness.build import build, resolve_device
 from harness.errors import ConfigError, DataError
-from harness.experiment import build, resolve_device
 from tests.conftest import CONF, FAST, compose_config
 
 

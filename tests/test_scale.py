@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import harness
+from harness.build import build
 from harness.checkpoint import load_checkpoint
 from harness.data import TensorLoader
 from harness.errors import ConfigError
-from harness.experiment import build
 from tests.conftest import FAST, compose_config, train
 
 NO_DROPOUT = [*FAST, "model.dropout=0.0", "scheduler.warmup_epochs=1", "trainer.max_epochs=3"]

@@ -9,11 +9,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import harness
+from harness.build import build_task
 from harness.config import metric_direction_of
 from harness.data import DataSplits, diabetes, digits
 from harness.errors import ConfigError, HarnessError
 from harness.evaluation import evaluate_checkpoint, find_checkpoint, record_evaluation
-from harness.experiment import build_task
 from harness.loop import evaluate
 from tests.conftest import FAST, ROOT, compose_config
 
