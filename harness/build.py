@@ -31,9 +31,9 @@ from harness.config import validate
 from harness.data import DataSplits, TensorLoader, make_loaders
 from harness.distributed import World
 from harness.errors import ConfigError, HarnessError
-from harness.loop import TrainerConfig
+from harness.loop import TrainerConfig, monitorable
 from harness.models import count_parameters
-from harness.tasks import Task
+from harness.tasks import TARGET_KINDS, Task
 
 __all__ = ["build", "build_data", "build_task", "build_transform", "build_optimizer", "build_scheduler",
            "instantiate_group", "accepts", "Components", "resolve_device", "seed_everything"]
@@ -144,10 +144,9 @@ def build_task(node: DictConfig, splits: DataSplits, device: torch.device) -> Ta
     """
     targets = node.get("targets")
     if targets is not None and targets != splits.targets:
-        kinds = {"class": "class labels", "value": "real values"}
-        raise ConfigError(f"task.targets={targets}: this task trains on {kinds.get(targets, targets)}, but the data "
-                          f"gives {kinds[splits.targets]}; pick the task for the data (task=classification for "
-                          "labels, task=regression for values)")
+        raise ConfigError(f"task.targets={targets}: this task trains on {TARGET_KINDS.get(targets, targets)}, but "
+                          f"the data gives {TARGET_KINDS[splits.targets]}; pick the task for the data "
+                          "(task=classification for labels, task=regression for values)")
     loss = instantiate_group("task.loss", node.loss)
     metrics = {}
     for name, spec in node.metrics.items():
@@ -236,7 +235,7 @@ def build(cfg: DictConfig, trainer: TrainerConfig | None = None) -> Components:
 
     splits, (train_loader, val_loader, test_loader) = build_data(cfg, device, w)
     task = build_task(cfg.task, splits, device)
-    if trainer.monitor not in (names := ["train/loss", *task.names("val")]):
+    if trainer.monitor not in (names := monitorable(task.metrics)):
         raise ConfigError(f"trainer.monitor={trainer.monitor} is not a metric of this run; choose one of "
                           f"{', '.join(names)}")
     module = instantiate_group("model", cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import ConfigError
-from harness.loop import TrainerConfig
+from harness.loop import TrainerConfig, monitorable
 from harness.tasks import metric_direction
 
 __all__ = ["validate", "trainer_config", "task_metrics", "metric_direction_of"]
@@ -112,7 +112,7 @@ def task_metrics(cfg: DictConfig) -> list[str]:
                                                       for m in metrics.values()):
         raise ConfigError(f"task.metrics={_plain(metrics)!r} must map each metric's name to a {{_target_: ...}} "
                           "entry (see conf/task/)")
-    return ["train/loss", "val/loss", *(f"val/{name}" for name in metrics)]
+    return monitorable(metrics)
 
 
 def metric_direction_of(cfg: DictConfig, metric: str) -> str:
@@ -132,7 +132,7 @@ def metric_direction_of(cfg: DictConfig, metric: str) -> str:
         except Exception as e:
             raise ConfigError(f"task.metrics.{name}._target_={spec._target_} cannot be imported ({e})") from None
     try:
-        return metric_direction(metric.replace("test/", "val/", 1), classes)
+        return metric_direction(metric, classes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

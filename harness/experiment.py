@@ -24,7 +24,7 @@ from harness.config import metric_direction_of, validate
 from harness.distributed import broadcast_object, world
 from harness.errors import CheckpointError, TrainingError
 from harness.loggers import Logger, TensorBoardLogger
-from harness.loop import TrainState, evaluate, fit
+from harness.loop import TrainState, evaluate, fit, monitor_direction
 from harness.rundir import RunLock, claim, claim_as, note_created, remove_if_unused
 from harness.signals import StopOnSignal
 from harness.tasks import Task
@@ -303,11 +303,8 @@ def _best_checkpoint(run_dir: Path, resume_from: Path | None) -> Path:
 
 def _mode(trainer: dict, task: Task) -> str | None:
     """A trainer config's monitor direction, ``auto`` resolved by ``task``; ``None`` where it can't be."""
-    mode = trainer.get("monitor_mode")
-    if mode in ("max", "min"):
-        return mode
     try:
-        return task.direction(trainer.get("monitor", ""))
+        return monitor_direction(trainer.get("monitor", ""), trainer.get("monitor_mode", "auto"), task.metrics)
     except ValueError:
         return None
 

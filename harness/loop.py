@@ -24,7 +24,7 @@ from harness.errors import Interrupted, TrainingError
 from harness.loggers import Logger
 from harness.tasks import metric_direction
 
-__all__ = ["TrainerConfig", "TrainState", "fit", "evaluate", "monitorable"]
+__all__ = ["TrainerConfig", "TrainState", "fit", "evaluate", "monitorable", "monitor_direction"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,12 @@ AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16
 def monitorable(metrics: Metrics) -> list[str]:
     """The metrics every epoch produces, and so can pick ``best.pt``: ``train/loss``, ``val/loss``, ``val/<name>``."""
     return ["train/loss", "val/loss", *(f"val/{name}" for name in metrics)]
+
+
+def monitor_direction(monitor: str, mode: str, metrics: Metrics) -> str:
+    """``"max"`` or ``"min"``: ``mode`` itself, or with ``"auto"`` what ``monitor``'s metric says (see
+    :func:`harness.tasks.metric_direction`; raises ``ValueError`` where it can't)."""
+    return mode if mode != "auto" else metric_direction(monitor, metrics)
 
 
 def _integer(name: str, value: Any, minimum: int) -> None:
@@ -317,7 +323,7 @@ def fit(
     if cfg.monitor not in monitorable(metrics):
         raise ValueError(f"monitor={cfg.monitor!r} is not a metric of this run; choose one of "
                          f"{', '.join(monitorable(metrics))}")
-    mode = cfg.monitor_mode if cfg.monitor_mode != "auto" else metric_direction(cfg.monitor, metrics)
+    mode = monitor_direction(cfg.monitor, cfg.monitor_mode, metrics)
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     nonfinite = NonFinitePolicy(cfg.on_nonfinite, cfg.nonfinite_patience, state)
     n_batches, results = len(train_loader), {}

@@ -17,7 +17,7 @@ from torch import nn
 
 __all__ = ["Task", "TARGET_KINDS", "metric_direction", "regression_loss"]
 
-TARGET_KINDS = ("class", "value")  # integer class labels, or real values (a float tensor per sample)
+TARGET_KINDS = {"class": "class labels", "value": "real values"}  # int64 labels, or a float tensor per sample
 
 
 @dataclass
@@ -27,13 +27,11 @@ class Task:
     Attributes:
         loss: ``loss(model output, targets)``, a scalar tensor (a mean over the batch).
         metrics: ``name -> torchmetrics.Metric``, each updated with ``(model output, targets)``.
-        monitor: the metric that picks ``best.pt`` unless ``trainer.monitor`` says otherwise.
         targets: the targets the task expects: ``"class"``, ``"value"``, or ``None`` (anything).
     """
 
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     metrics: dict[str, object] = field(default_factory=dict)
-    monitor: str = "val/loss"
     targets: str | None = None
 
     def names(self, split: str = "val") -> list[str]:
