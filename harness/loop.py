@@ -150,8 +150,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, loss_fn: LossFn = F
              metrics: Metrics | None = None, precision: str = "32", split: str = "val") -> dict[str, float]:
     """The mean loss and each metric of ``model`` over ``loader`` (over all processes in a distributed run).
 
-    The loss sum and the metrics' states stay on the device until the end: one host-device sync per
-    evaluation (plus whatever input checks a metric makes).
+    The loss sum and the metrics' states stay on the device until the end, where the loss and each metric
+    come over to the host once (plus whatever input checks a metric makes per batch).
 
     Args:
         metrics: ``name -> torchmetrics.Metric`` on ``device``; each is reset, then updated with every
@@ -228,6 +228,14 @@ class NonFinitePolicy:
         if self.in_a_row >= self.patience:
             self.check(loss.item(), f"the loss of {self.in_a_row} batches in a row")
         return True
+
+
+def _checked_monitor_direction(config: TrainerConfig, metrics: Metrics) -> str:
+    """``config.monitor``'s direction, after checking that every epoch produces it (see :func:`monitorable`)."""
+    if config.monitor not in monitorable(metrics):
+        raise ValueError(f"monitor={config.monitor!r} is not a metric of this run; choose one of "
+                         f"{', '.join(monitorable(metrics))}")
+    return monitor_direction(config.monitor, config.monitor_mode, metrics)
 
 
 def _stop_requested(stop, synced: bool, device: torch.device) -> bool:
@@ -320,10 +328,7 @@ def fit(
     if len(train_loader) == 0:
         raise ValueError("the training loader is empty")
     cfg, state, metrics = config, state if state is not None else TrainState(), metrics or {}
-    if cfg.monitor not in monitorable(metrics):
-        raise ValueError(f"monitor={cfg.monitor!r} is not a metric of this run; choose one of "
-                         f"{', '.join(monitorable(metrics))}")
-    mode = monitor_direction(cfg.monitor, cfg.monitor_mode, metrics)
+    mode = _checked_monitor_direction(cfg, metrics)
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     nonfinite = NonFinitePolicy(cfg.on_nonfinite, cfg.nonfinite_patience, state)
     n_batches, results = len(train_loader), {}
