@@ -13,9 +13,11 @@ import functools
 import inspect
 import logging
 import math
+import os
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hydra.utils
@@ -29,14 +31,18 @@ from torch.utils.data import DataLoader
 from harness import distributed
 from harness.config import validate
 from harness.data import DataSplits, TensorLoader, make_loaders
+from harness.debug import FixedBatches, limit_batches
 from harness.distributed import World
+from harness.ema import build_ema
 from harness.errors import ConfigError, HarnessError
+from harness.loggers import LoggerGroup
 from harness.loop import TrainerConfig, monitorable
 from harness.models import count_parameters
 from harness.tasks import TARGET_KINDS, Task
 
 __all__ = ["build", "build_data", "build_task", "build_transform", "build_optimizer", "build_scheduler",
-           "instantiate_group", "accepts", "Components", "resolve_device", "seed_everything"]
+           "build_loggers", "instantiate_group", "accepts", "Components", "resolve_device", "seed_everything",
+           "set_deterministic", "debug_loaders"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def set_deterministic(on: bool) -> None:
+    """``trainer.deterministic``: torch's deterministic algorithms (an op without one raises instead of running)
+    and cuDNN's deterministic, non-benchmarking mode; off puts torch's defaults back."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is deterministic only with it
+        torch.backends.cudnn.benchmark = False  # benchmarking picks kernels by timing, run to run
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,6 +201,28 @@ def build_data(cfg: DictConfig, device: torch.device, w: World) -> tuple[DataSpl
     return splits, loaders
 
 
+def debug_loaders(train, val, test, trainer: TrainerConfig) -> tuple:
+    """The loaders cut to ``trainer.limit_*_batches``; with ``trainer.overfit_batches=N``, the first N training
+    batches, served every epoch for training and validation alike (see :mod:`harness.debug`)."""
+    if trainer.overfit_batches:
+        fixed = FixedBatches(train, trainer.overfit_batches)
+        return fixed, fixed, limit_batches(test, trainer.limit_test_batches)
+    return (limit_batches(train, trainer.limit_train_batches), limit_batches(val, trainer.limit_val_batches),
+            limit_batches(test, trainer.limit_test_batches))
+
+
+def build_loggers(node: DictConfig | None, run_dir: str | Path, purge_step: int | None = None,
+                  run_ids: dict[str, str] | None = None) -> LoggerGroup:
+    """The ``logger`` group's loggers (``logger=[tensorboard,csv]`` picks two; ``logger=[]`` none), each
+    given the run directory and, on resume, the first step it logs and its run id from the checkpoint."""
+    loggers = {}
+    for name, spec in (node or {}).items():
+        _require_partial(f"logger.{name}", spec, "the run directory")
+        loggers[name] = instantiate_group(f"logger.{name}", spec, run_dir=Path(run_dir), purge_step=purge_step,
+                                          run_id=(run_ids or {}).get(name))
+    return LoggerGroup(loggers)
+
+
 @dataclass
 class Components:
     """Everything a run trains with, built from the config and ready for :func:`harness.loop.fit`."""
@@ -202,6 +240,7 @@ class Components:
     scaler: torch.amp.GradScaler
     world: World
     trainer: TrainerConfig
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # the EMA of module's weights (trainer.ema_decay)
 
 
 def _compile(model: torch.nn.Module) -> torch.nn.Module:
@@ -232,12 +271,14 @@ def build(cfg: DictConfig, trainer: TrainerConfig | None = None) -> Components:
     if trainer.precision == "16-mixed" and device.type != "cuda":
         raise ConfigError(f"trainer.precision=16-mixed needs CUDA (the device is {device}); use bf16 on a CPU")
     seed_everything(cfg.seed)
+    set_deterministic(trainer.deterministic)
 
-    splits, (train_loader, val_loader, test_loader) = build_data(cfg, device, w)
+    splits, loaders = build_data(cfg, device, w)
+    train_loader, val_loader, test_loader = debug_loaders(*loaders, trainer)
     task = build_task(cfg.task, splits, device)
-    if trainer.monitor not in (names := monitorable(task.metrics)):
-        raise ConfigError(f"trainer.monitor={trainer.monitor} is not a metric of this run; choose one of "
-                          f"{', '.join(names)}")
+    for key, monitor in (("monitor", trainer.monitor), ("early_stopping.monitor", trainer.early_stopping.monitor)):
+        if monitor not in (names := monitorable(task.metrics)):
+            raise ConfigError(f"trainer.{key}={monitor} is not a metric of this run; choose one of {', '.join(names)}")
     module = instantiate_group("model", cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
     module = module.to(device)
     optimizer = build_optimizer(cfg.optimizer, module.parameters(), device)
@@ -250,10 +291,11 @@ def build(cfg: DictConfig, trainer: TrainerConfig | None = None) -> Components:
         type(module).__name__, count_parameters(module), device, f" (rank {w.rank} of {w.size})" if w.size > 1 else "",
         len(splits.train), len(splits.val), len(splits.test), len(train_loader),
     )
+    ema = build_ema(module, trainer.ema_decay)
     model = _compile(module) if trainer.compile else module
     if w.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return Components(model, module, optimizer, scheduler, train_loader, val_loader, test_loader, task, device,
-                      interval, scaler, w, trainer)
+                      interval, scaler, w, trainer, ema)

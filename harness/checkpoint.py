@@ -4,16 +4,23 @@ Layout of a checkpoint (``torch.save`` of a dict; every value is a tensor or pla
 ``torch.load(weights_only=True)`` reads it)::
 
     model, optimizer, scheduler, scaler   state dicts (scaler: empty unless fp16)
-    train_state                           harness.loop.TrainState as a dict (epoch, step, batch, loss sums, best)
+    ema                                   the AveragedModel's state dict with trainer.ema_decay, else empty
+    train_state                           harness.loop.TrainState as a dict (epoch, step, batch, loss sums, best,
+                                          the top-k ranking, the early-stopping record)
     rng                                   python, numpy, torch (CPU), cuda (per device)
-    extra keys                            what the run adds: config, harness_version, steps_per_epoch
+    extra keys                            what the run adds: config, harness_version, steps_per_epoch, loggers
+
+In ``<run dir>/checkpoints``: ``last.pt`` (the newest), ``best.pt`` (the best by ``trainer.monitor``) and,
+with ``trainer.save_top_k=k``, the k best as ``epoch012-val_acc_0.9833.pt`` (:func:`top_k_name`).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import random
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,14 +31,27 @@ import torch
 
 from harness.checkpoint_schema import REQUIRED_KEYS, check_checkpoint
 from harness.cli import hydra_value
+from harness.ema import load_ema
 from harness.errors import CheckpointError
 from harness.loop import TrainState
 from harness.schedulers import ClosedFormScheduler
 
 __all__ = ["REQUIRED_KEYS", "Checkpointer", "capture_rng", "restore_rng", "save_atomic", "serialize", "write_atomic",
-           "load_checkpoint", "resolve_resume", "restore_training_state"]
+           "load_checkpoint", "resolve_resume", "restore_training_state", "top_k_name"]
+
+log = logging.getLogger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
+
+
+def _slug(metric: str) -> str:
+    return re.sub(r"[^\w.-]", "_", metric)
+
+
+def top_k_name(epoch: int, metric: str, value: float) -> str:
+    """A top-k checkpoint's file name: its epoch, then the monitored metric and value, ``epoch012-val_acc_0.9833.pt``
+    (characters that need quoting in a shell or a Hydra override become ``_``)."""
+    return f"epoch{epoch:03d}-{_slug(metric)}_{value:.4g}.pt"
 
 
 def write_atomic(path: str | Path, data: bytes | memoryview) -> Path:
@@ -166,8 +186,9 @@ def restore_rng(rng: Mapping[str, Any]) -> None:
 
 
 def restore_training_state(checkpoint: Mapping[str, Any], model, optimizer, scheduler,
-                           scaler: torch.amp.GradScaler | None = None) -> TrainState:
-    """Loads a checkpoint into freshly built objects and the global RNGs; returns its training state.
+                           scaler: torch.amp.GradScaler | None = None, ema=None) -> TrainState:
+    """Loads a checkpoint into freshly built objects (and its EMA of the weights into ``ema``, see
+    :func:`harness.ema.load_ema`) and the global RNGs; returns its training state.
 
     Settings come from the objects as built now (the current config): the optimizer's hyper-parameters
     and, for closed-form schedules, every schedule setting; the checkpoint gives the learned state and
@@ -203,28 +224,31 @@ def restore_training_state(checkpoint: Mapping[str, Any], model, optimizer, sche
     scheduler.load_state_dict(checkpoint["scheduler"])
     if scaler is not None and scaler.is_enabled() and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
+    load_ema(ema, checkpoint)
     restore_rng(checkpoint["rng"])
     return TrainState.from_state_dict(checkpoint["train_state"])
 
 
 class Checkpointer:
-    """Saves the run's state as ``last.pt`` (and ``best.pt``) in ``directory``, synchronously: when
-    :meth:`save` returns, the files are on disk.
+    """Saves the run's state as ``last.pt`` (and ``best.pt``, and the top-k files) in ``directory``,
+    synchronously: when :meth:`save` returns, the files are on disk.
 
     Args:
         directory: where checkpoints go, ``<run dir>/checkpoints``.
         model: the plain module (not its DDP or compile wrapper), whose ``state_dict`` is saved.
-        optimizer, scheduler, scaler: saved with it.
+        optimizer, scheduler, scaler, ema: saved with it (``scaler`` and ``ema`` where there are some).
         extra: plain data stored in every checkpoint (the resolved config, the harness version, ...).
         latest: the checkpoint the run resumed from, if any.
+        monitor: the metric ``TrainState.top_k`` ranks by, for the top-k files' names.
     """
 
     def __init__(self, directory: str | Path, model: torch.nn.Module, optimizer, scheduler,
                  scaler: torch.amp.GradScaler | None = None, extra: Mapping[str, Any] | None = None,
-                 latest: str | None = None) -> None:
+                 latest: str | None = None, ema: torch.nn.Module | None = None, monitor: str = "val/loss") -> None:
         self.directory = Path(directory)
         self.latest = latest  # the newest checkpoint written (or resumed from), for messages
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.ema, self.monitor = ema, monitor
         self.extra = dict(extra or {})
         for stale in self.directory.glob(".*.tmp"):  # left by a process killed mid-write; never read
             stale.unlink(missing_ok=True)
@@ -240,19 +264,25 @@ class Checkpointer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None and self.scaler.is_enabled() else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {},
             "train_state": train_state.state_dict(),
             "rng": capture_rng(),
             **self.extra,
         }
 
     def save(self, train_state: TrainState, is_best: bool = False) -> str:
-        """Writes ``last.pt``, and ``best.pt`` with the same bytes when ``is_best``; returns what it wrote.
+        """Writes ``last.pt``, ``best.pt`` with the same bytes when ``is_best``, and the top-k file of an epoch
+        that entered ``train_state.top_k``; then removes the top-k files that dropped out of it (only now,
+        so a crash in between leaves one too many, never one too few). Returns what it wrote.
 
         Raises:
             CheckpointError: a file could not be written (a full disk, say); the previous one is intact.
         """
         data = serialize(self.state(train_state))
-        for path in (self.last_path, self.directory / BEST) if is_best else (self.last_path,):
+        top_k = {top_k_name(int(epoch), self.monitor, value): epoch for value, epoch in train_state.top_k}
+        new = [self.directory / name for name, epoch in top_k.items()  # this epoch's, at its end
+               if epoch == train_state.epoch and train_state.batch == 0 and not (self.directory / name).exists()]
+        for path in [self.last_path, *([self.directory / BEST] if is_best else []), *new]:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, data)
@@ -263,4 +293,17 @@ class Checkpointer:
                     f"and resume with {shlex.quote('resume=' + hydra_value(str(self.directory.parent)))}"
                 ) from e
         self.latest = f"{self.last_path} (epoch {train_state.epoch}, step {train_state.step})"
+        self._remove_dropped(set(top_k) if train_state.top_k else None)
         return self.latest
+
+    def _remove_dropped(self, top_k: set[str] | None) -> None:
+        """Removes this monitor's top-k files whose names are not in ``top_k`` (nothing when it is ``None``:
+        top-k is off, and files of an earlier run with it on are left alone)."""
+        ours = re.compile(rf"epoch\d{{3,}}-{re.escape(_slug(self.monitor))}_-?\d[\d.]*(e[-+]\d+)?\.pt")
+        for path in self.directory.glob("epoch*.pt") if top_k is not None else []:
+            if ours.fullmatch(path.name) and path.name not in top_k:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as e:  # it stays; the next save tries again
+                    log.warning("could not remove %s, no longer among the trainer.save_top_k best (%s)", path,
+                                e.strerror or e)

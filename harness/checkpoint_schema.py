@@ -54,6 +54,12 @@ _TRAIN_STATE = {
     "best": (lambda v: v is None or _is_number(v), "a finite number or None"),
     "metrics": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()),
                 "a dict of metric names to numbers"),
+    "top_k": (lambda v: isinstance(v, list) and all(
+        isinstance(e, list) and len(e) == 2 and _is_number(e[0]) and _is_int(e[1]) and e[1] >= 1 for e in v),
+              "a list of [value, epoch] pairs"),
+    "early_stop": (lambda v: isinstance(v, dict) and _is_number(v.get("best", 0)) and all(
+        _is_int(v.get(k, 0)) and v.get(k, 0) >= 0 for k in ("best_epoch", "stale")),
+                   "a dict with best, best_epoch and stale"),
 }
 
 
@@ -113,6 +119,7 @@ def check_checkpoint(checkpoint: Any) -> None:
     _optimizer(checkpoint["optimizer"])
     _state_dict(checkpoint["scheduler"], "scheduler")
     _state_dict(checkpoint.get("scaler", {}), "scaler")
+    _state_dict(checkpoint.get("ema", {}), "ema", tensors_only=True)
     steps_per_epoch = checkpoint.get("steps_per_epoch")
     if steps_per_epoch is not None and not (_is_int(steps_per_epoch) and steps_per_epoch >= 1):
         raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be an integer >= 1")
@@ -120,3 +127,6 @@ def check_checkpoint(checkpoint: Any) -> None:
     _rng(checkpoint["rng"])
     if not isinstance(checkpoint.get("config", {}), dict):
         raise ValueError("config is not a dict")
+    loggers = checkpoint.get("loggers", {})
+    if not isinstance(loggers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in loggers.items()):
+        raise ValueError("loggers is not a dict of logger names to run ids")

@@ -159,11 +159,19 @@ def validate(cfg: DictConfig) -> TrainerConfig:
         raise ConfigError(f"data.train_transforms={_plain(transforms)!r} must be a list of {{_target_: ...}} entries, "
                           "e.g. [{_target_: torchvision.transforms.v2.RandomHorizontalFlip}]")
     names = task_metrics(cfg)
-    for key, value in (("trainer.monitor", trainer.monitor), ("optimized_metric", _get(cfg, "optimized_metric"))):
+    for key, value in (("trainer.monitor", trainer.monitor), ("optimized_metric", _get(cfg, "optimized_metric")),
+                       ("trainer.early_stopping.monitor", trainer.early_stopping.monitor)):
         if value not in names:
             honest = " (the test split only reports; choose on validation)" if str(value).startswith("test/") else ""
             raise ConfigError(f"{key}={value!r} is not a metric of this run{honest}; choose one of {', '.join(names)}")
     metric_direction_of(cfg, trainer.monitor)
+    if trainer.early_stopping.mode == "auto":
+        metric_direction_of(cfg, trainer.early_stopping.monitor)
+    loggers = _get(cfg, "logger", required=False)
+    if loggers not in (_MISSING, None) and not (isinstance(loggers, DictConfig) and all(
+            isinstance(spec, DictConfig) and "_target_" in spec for spec in loggers.values())):
+        raise ConfigError(f"logger={_plain(loggers)!r} must be one or more files of conf/logger: logger=csv or "
+                          "logger=[tensorboard,csv] (logger=[] for none)")
     resume = _get(cfg, "resume")
     if resume is not None and (not isinstance(resume, str) or not resume):
         raise ConfigError(f"resume={resume!r} must be null, auto, a run directory or a .pt file")

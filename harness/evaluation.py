@@ -20,6 +20,7 @@ from harness.build import build_data, build_task, instantiate_group, resolve_dev
 from harness.checkpoint import BEST, LAST, load_checkpoint, write_atomic
 from harness.config import validate
 from harness.distributed import World
+from harness.ema import evaluation_weights
 from harness.errors import CheckpointError, ConfigError
 from harness.loop import evaluate
 
@@ -99,7 +100,7 @@ def evaluate_checkpoint(path: Path, split: str = "test", data_changes: dict[str,
     splits, (_, val_loader, test_loader) = build_data(cfg, torch_device, World())
     task = build_task(cfg.task, splits, torch_device)
     model = instantiate_group("model", cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(evaluation_weights(checkpoint))
     loader = test_loader if split == "test" else val_loader
     return evaluate(model.to(torch_device), loader, torch_device, task.loss, task.metrics, trainer.precision, split)
 

@@ -4,11 +4,11 @@ loop, the final test; and the OmegaConf resolvers ``conf/`` names. The parts com
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from harness import distributed
-from harness.build import Components, build
+from harness.build import Components, build, build_loggers
 from harness.checkpoint import BEST, LAST, Checkpointer, load_checkpoint, resolve_resume, restore_training_state
 from harness.config import metric_direction_of, validate
+from harness.debug import profiler
 from harness.distributed import broadcast_object, world
-from harness.errors import CheckpointError, TrainingError
-from harness.loggers import Logger, TensorBoardLogger
-from harness.loop import TrainState, evaluate, fit, monitor_direction
+from harness.ema import evaluation_weights
+from harness.errors import CheckpointError, ConfigError, Interrupted, Stopped, TrainingError
+from harness.loggers import Logger, LoggerGroup
+from harness.loop import TrainState, evaluate, finished_reason, fit, monitor_direction
 from harness.rundir import RunLock, claim, claim_as, note_created, remove_if_unused
 from harness.signals import StopOnSignal
 from harness.tasks import Task
@@ -205,9 +207,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     lock = RunLock(run_dir) if world().is_main else None  # one live process per run directory
     try:
         _check_start(run_dir, checkpoint, resume_from)
-        if checkpoint is not None and checkpoint["train_state"]["epoch"] >= trainer.max_epochs:
-            log.info("%s: %d epochs already trained (trainer.max_epochs=%d), nothing to train%s", resume_from,
-                     checkpoint["train_state"]["epoch"], trainer.max_epochs, "; testing best.pt again"
+        done = finished_reason(TrainState.from_state_dict(checkpoint["train_state"]), trainer) if checkpoint else None
+        if done is not None:
+            log.info("%s: %s, nothing to train%s", resume_from, done, "; testing best.pt again"
                      if trainer.test_at_end else "")
             if not trainer.test_at_end:
                 return checkpoint["train_state"].get("metrics", {})
@@ -246,48 +248,96 @@ def _check_start(run_dir: Path, checkpoint: dict | None, resume_from: Path | Non
     log.warning("resuming from %s in a new run directory, %s%s", resume_from, run_dir, why)
 
 
+def _restore(checkpoint: dict, config: dict, c: Components) -> TrainState:
+    """Loads a checkpoint into the built run; forgets the rankings of a metric the run no longer monitors."""
+    _check_resumable(checkpoint, config, c)
+    state = restore_training_state(checkpoint, c.module, c.optimizer, c.scheduler, c.scaler, c.ema)
+    old = checkpoint.get("config", {}).get("trainer", {})
+    old_stopping, stopping = old.get("early_stopping", {}), c.trainer.early_stopping
+    if _ranking(old.get("monitor"), old.get("monitor_mode"), c.task) != _ranking(
+            c.trainer.monitor, c.trainer.monitor_mode, c.task):
+        state.best, state.best_epoch, state.top_k = None, 0, []  # a best of another metric is no best of this one
+    if _ranking(old_stopping.get("monitor"), old_stopping.get("mode"), c.task) != _ranking(
+            stopping.monitor, stopping.mode, c.task):
+        state.early_stop = {}
+    return state
+
+
+def _open_loggers(cfg: DictConfig, run_dir: Path, state: TrainState, checkpoint: dict | None,
+                  resume_from: Path | None) -> LoggerGroup:
+    """The run's loggers. A resume in the run's own directory continues its logger runs (MLflow's, W&B's);
+    one in a new directory starts new ones, as it starts a new TensorBoard run."""
+    in_place = resume_from is not None and resume_from.parent.parent.resolve() == run_dir.resolve()
+    run_ids = checkpoint.get("loggers", {}) if checkpoint is not None and in_place else {}
+    return build_loggers(cfg.get("logger"), run_dir, purge_step=state.step + 1 if checkpoint else None,
+                         run_ids=run_ids)
+
+
 def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | None,
            resume_from: Path | None) -> dict[str, float]:
     config = OmegaConf.to_container(cfg, resolve=True)
-    state = TrainState()
+    state = _restore(checkpoint, config, c) if checkpoint is not None else TrainState()
     if checkpoint is not None:
-        _check_resumable(checkpoint, config, c)
-        state = restore_training_state(checkpoint, c.module, c.optimizer, c.scheduler, c.scaler)
-        old = checkpoint.get("config", {}).get("trainer", {})
-        if (old.get("monitor"), _mode(old, c.task)) != (c.trainer.monitor, _mode(asdict(c.trainer), c.task)):
-            state.best, state.best_epoch = None, 0  # a best of another metric is no best of this one
         log.info("resuming from %s at epoch %d, step %d", resume_from, state.epoch, state.step)
-    main = c.world.is_main  # only rank 0 writes TensorBoard, checkpoints and the progress bar
+    main = c.world.is_main  # only rank 0 writes logs, checkpoints and the progress bar
     if not main:
         logging.getLogger("harness").setLevel(logging.WARNING)
-    extra = {"config": config, "harness_version": __version__, "steps_per_epoch": len(c.train_loader)}
+    finished = finished_reason(state, c.trainer) is not None  # only the test is left to do
+    loggers = _open_loggers(cfg, run_dir, state, checkpoint, resume_from) if main and not finished else \
+        LoggerGroup({})
+    extra = {"config": config, "harness_version": __version__, "steps_per_epoch": len(c.train_loader),
+             "loggers": loggers.run_ids}
     checkpointer = Checkpointer(run_dir / "checkpoints", c.module, c.optimizer, c.scheduler, c.scaler, extra,
-                                latest=str(resume_from) if resume_from else None) if main else None
-    finished = state.epoch >= c.trainer.max_epochs  # only the test is left to do
-    logger = TensorBoardLogger(run_dir, purge_step=state.step + 1 if checkpoint else None) if main and not \
-        finished else None
+                                latest=str(resume_from) if resume_from else None, ema=c.ema,
+                                monitor=c.trainer.monitor) if main else None
     trainer = c.trainer if main else dataclasses.replace(c.trainer, progress_bar=False)
+    tracing = profiler(run_dir, trainer.profile_steps, c.device) if main and trainer.profile_steps and not \
+        finished else contextlib.nullcontext()
+    status = "failed"
     try:
-        with StopOnSignal() as stop:
-            if logger is not None:
-                tests = c.task.names("test") if trainer.test_at_end else []
-                tags = ["train/epoch_loss", *c.task.names("val"), *tests]
-                logger.log_hparams(hparams_overridden_first(config), metric_tags=tags)
+        with StopOnSignal() as stop, tracing as trace:
+            tests = c.task.names("test") if trainer.test_at_end else []
+            loggers.log_hparams(hparams_overridden_first(config), ["train/epoch_loss", *c.task.names("val"), *tests])
             metrics = fit(c.model, c.optimizer, c.scheduler, c.train_loader, c.val_loader, trainer, device=c.device,
                           interval=c.interval, loss_fn=c.task.loss, metrics=c.task.metrics, scaler=c.scaler,
-                          logger=logger, save=checkpointer.save if checkpointer else None, stop=stop, state=state)
-            if trainer.test_at_end:
-                best = _best_checkpoint(run_dir, resume_from)
-                metrics = {**(metrics or state.metrics), **test_best(c, best, logger, state.step)}
+                          logger=loggers, save=checkpointer.save if checkpointer else None, stop=stop, state=state,
+                          ema=c.ema, profiler=trace)
+        if trace is not None:
+            log.info("profile of %d steps: %s (open it in ui.perfetto.dev or TensorBoard's profile plugin)",
+                     trainer.profile_steps, run_dir / "profile")
+        if trainer.test_at_end:
+            best = _best_checkpoint(run_dir, resume_from)
+            metrics = {**(metrics or state.metrics), **test_best(c, best, loggers, state.step)}
+        status = "finished"
+    except (Interrupted, Stopped):
+        status = "interrupted"
+        raise
     except TrainingError as e:
         latest = checkpointer.latest if checkpointer else None
         raise TrainingError(f"{e}; {f'last good checkpoint: {latest}' if latest else 'no checkpoint yet'}") from e
+    except RuntimeError as e:
+        if trainer.deterministic and "does not have a deterministic implementation" in str(e):
+            op = str(e).split(" does not have")[0]
+            raise ConfigError(f"trainer.deterministic=true, but {op} has no deterministic implementation on "
+                              f"{c.device}; set trainer.deterministic=false (or avoid that op)") from e
+        raise
     finally:
-        if logger is not None:
-            logger.close()
+        _close(loggers, status)
     log.info("final: %s", "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     log.info("run directory: %s", run_dir.resolve())
     return metrics
+
+
+def _close(loggers: LoggerGroup, status: str) -> None:
+    """Closes the loggers. After a failure or a stop, a logger that can't close either (an MLflow server gone)
+    is a warning: the run's own error is the one to report."""
+    if status == "finished":
+        loggers.close(status)
+        return
+    try:
+        loggers.close(status)
+    except Exception as e:
+        log.warning("could not close the loggers: %s", " ".join(str(e).split())[:300])
 
 
 def _best_checkpoint(run_dir: Path, resume_from: Path | None) -> Path:
@@ -301,12 +351,12 @@ def _best_checkpoint(run_dir: Path, resume_from: Path | None) -> Path:
     return found
 
 
-def _mode(trainer: dict, task: Task) -> str | None:
-    """A trainer config's monitor direction, ``auto`` resolved by ``task``; ``None`` where it can't be."""
+def _ranking(monitor: str | None, mode: str | None, task: Task) -> tuple[str | None, str | None]:
+    """A metric and its direction (``auto`` resolved by ``task``; ``None`` where it can't be): what a best is."""
     try:
-        return monitor_direction(trainer.get("monitor", ""), trainer.get("monitor_mode", "auto"), task.metrics)
+        return monitor, monitor_direction(monitor or "", mode or "auto", task.metrics)
     except ValueError:
-        return None
+        return monitor, None
 
 
 def test_best(c: Components, best: Path, logger: Logger | None = None, step: int = 0) -> dict[str, float]:
@@ -319,7 +369,7 @@ def test_best(c: Components, best: Path, logger: Logger | None = None, step: int
     if c.world.size > 1:
         torch.distributed.barrier()  # best.pt is complete on disk
     checkpoint = load_checkpoint(best)
-    c.module.load_state_dict(checkpoint["model"])
+    c.module.load_state_dict(evaluation_weights(checkpoint))  # its EMA, with trainer.ema_decay
     results = evaluate(c.model, c.test_loader, c.device, c.task.loss, c.task.metrics, c.trainer.precision, "test")
     results["test/epoch"] = checkpoint["train_state"]["epoch"]
     if logger is not None:

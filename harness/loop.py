@@ -19,12 +19,15 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from harness.data import set_epoch
+from harness.debug import check_limit
 from harness.distributed import any_rank, is_distributed, sum_over_ranks
+from harness.early_stopping import EarlyStopping
 from harness.errors import Interrupted, TrainingError
 from harness.loggers import Logger
 from harness.tasks import metric_direction
 
-__all__ = ["TrainerConfig", "TrainState", "fit", "evaluate", "monitorable", "monitor_direction"]
+__all__ = ["TrainerConfig", "TrainState", "fit", "evaluate", "monitorable", "monitor_direction", "checked_direction",
+           "finished_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,9 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 class TrainerConfig:
     """The loop's settings: the ``trainer`` config group, one field per key, checked when made.
 
-    ``fit`` reads all of them but ``device``, ``compile`` and ``num_threads``, which the entry layer
-    uses to build the run (``fit`` takes the ``torch.device`` itself).
+    ``fit`` reads all of them but ``device``, ``compile``, ``num_threads``, ``test_at_end``, ``deterministic``,
+    the ``limit_*``, ``overfit_batches`` and ``profile_steps``, which the entry layer uses to build the run
+    (``fit`` takes the ``torch.device``, the loaders and the profiler themselves).
     """
 
     max_epochs: int = 30  # epochs to train
@@ -80,12 +84,27 @@ class TrainerConfig:
     on_nonfinite: str = "stop"  # NaN/inf loss: stop, or skip_batch
     nonfinite_patience: int = 10  # with skip_batch: stop after this many non-finite batches in a row
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    early_stopping: EarlyStopping | dict = field(default_factory=EarlyStopping)  # off while its patience is 0
+    save_top_k: int = 0  # also keep the k best checkpoints by monitor, named by epoch and value; 0 = only best.pt
+    ema_decay: float = 0.0  # validate, test and keep as best.pt an EMA of the weights; 0 = off
+    deterministic: bool = False  # torch.use_deterministic_algorithms and cuDNN's deterministic flags
+    limit_train_batches: int | float = 1.0  # batches per epoch: a count (int) or a fraction (float); 1.0 = all
+    limit_val_batches: int | float = 1.0  # the same for each validation
+    limit_test_batches: int | float = 1.0  # the same for the final test
+    overfit_batches: int = 0  # train and validate on the same first N training batches; 0 = off
+    profile_steps: int = 0  # record a torch.profiler trace of this many steps into <run dir>/profile; 0 = off
 
     def __post_init__(self) -> None:
         self.precision = str(self.precision)  # `trainer.precision=32` arrives as an int
         for name, minimum in (("max_epochs", 1), ("log_every_n_steps", 1), ("accumulate_grad_batches", 1),
-                              ("checkpoint_every_n_epochs", 0), ("nonfinite_patience", 1), ("num_threads", 0)):
+                              ("checkpoint_every_n_epochs", 0), ("nonfinite_patience", 1), ("num_threads", 0),
+                              ("save_top_k", 0), ("overfit_batches", 0), ("profile_steps", 0)):
             _integer(name, getattr(self, name), minimum)
+        decay = self.ema_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise ValueError(f"ema_decay={decay!r} must be a number in [0, 1), e.g. 0.999; 0 = off")
+        for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+            check_limit(name, getattr(self, name))
         clip = self.grad_clip
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip >= 0 or math.isinf(clip):
             raise ValueError(f"grad_clip={clip!r} must be a number >= 0")
@@ -95,7 +114,7 @@ class TrainerConfig:
                              "split only reports, it never picks a checkpoint)")
         _choice("monitor_mode", self.monitor_mode, ("auto", "max", "min"))
         _choice("on_nonfinite", self.on_nonfinite, ("stop", "skip_batch"))
-        for name in ("compile", "progress_bar", "test_at_end"):
+        for name in ("compile", "progress_bar", "test_at_end", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -106,6 +125,13 @@ class TrainerConfig:
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:") and self.device[5:].isdigit()
         ):
             raise ValueError(f"device={self.device!r} must be auto, cpu, cuda or cuda:N")
+        if isinstance(self.early_stopping, Mapping):  # after monitor, whose value it takes by default
+            self.early_stopping = EarlyStopping.from_config(self.early_stopping)
+        elif not isinstance(self.early_stopping, EarlyStopping):
+            raise ValueError(f"early_stopping={self.early_stopping!r} must be a group of settings, e.g. "
+                             "trainer.early_stopping.patience=5")
+        if self.early_stopping.monitor is None:
+            self.early_stopping.monitor = self.monitor
 
 
 @dataclass
@@ -127,6 +153,8 @@ class TrainState:
     best: float | None = None  # best value of the monitored metric so far
     best_epoch: int = 0  # the epoch that reached it
     metrics: dict[str, float] = field(default_factory=dict)  # the last finished epoch's metrics
+    top_k: list[list[float]] = field(default_factory=list)  # [value, epoch] of the save_top_k best, best first
+    early_stop: dict[str, Any] = field(default_factory=dict)  # EarlyStopping's record: best, best_epoch, stale
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +166,16 @@ class TrainState:
     def improves(self, value: float, mode: str) -> bool:
         """Whether ``value`` of the monitored metric beats the best so far."""
         return self.best is None or (value > self.best if mode == "max" else value < self.best)
+
+    def enters_top_k(self, value: float, mode: str, k: int) -> bool:
+        """Records this epoch's ``value`` in ``top_k`` if it is among the ``k`` best so far; whether it is.
+        Ties keep the earlier epoch."""
+        if k == 0:
+            return False
+        ranked = sorted([*self.top_k, [value, self.epoch]], key=lambda entry: (-entry[0] if mode == "max" else
+                                                                               entry[0], entry[1]))
+        self.top_k = ranked[:k]
+        return [value, self.epoch] in self.top_k
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -230,12 +268,30 @@ class NonFinitePolicy:
         return True
 
 
-def _checked_monitor_direction(config: TrainerConfig, metrics: Metrics) -> str:
-    """``config.monitor``'s direction, after checking that every epoch produces it (see :func:`monitorable`)."""
-    if config.monitor not in monitorable(metrics):
-        raise ValueError(f"monitor={config.monitor!r} is not a metric of this run; choose one of "
+def checked_direction(key: str, monitor: str, mode: str, metrics: Metrics) -> str:
+    """``monitor``'s direction (see :func:`monitor_direction`), after checking that every epoch produces it
+    (see :func:`monitorable`); ``key`` names the setting in the error."""
+    if monitor not in monitorable(metrics):
+        raise ValueError(f"{key}={monitor!r} is not a metric of this run; choose one of "
                          f"{', '.join(monitorable(metrics))}")
-    return monitor_direction(config.monitor, config.monitor_mode, metrics)
+    return monitor_direction(monitor, mode, metrics)
+
+
+def finished_reason(state: TrainState, config: TrainerConfig) -> str | None:
+    """Why a run at ``state`` has nothing left to train (all its epochs, or early stopping), or ``None``."""
+    if state.epoch >= config.max_epochs:
+        return f"{state.epoch} epochs already trained (trainer.max_epochs={config.max_epochs})"
+    reason = config.early_stopping.reason(state.early_stop)
+    return f"stopped early at epoch {state.epoch}: {reason}" if reason else None
+
+
+def _early_stop(cfg: TrainerConfig, state: TrainState, results: dict[str, float], direction: str) -> str | None:
+    """Records the epoch for early stopping; why the run stops now, or ``None``."""
+    rule = cfg.early_stopping
+    if not rule.enabled:
+        return None
+    rule.update(state.early_stop, results[rule.monitor], state.epoch, direction)
+    return rule.reason(state.early_stop)
 
 
 def _stop_requested(stop, synced: bool, device: torch.device) -> bool:
@@ -246,6 +302,14 @@ def _stop_requested(stop, synced: bool, device: torch.device) -> bool:
     if not is_distributed():
         return stop.requested
     return synced and any_rank(stop.requested, device)
+
+
+def _save_and_stop(state: TrainState, nonfinite: NonFinitePolicy, save: SaveFn | None, stop) -> None:
+    """Saves the state mid-epoch (unless its loss diverged) and raises :class:`Interrupted`."""
+    nonfinite.check(state.epoch_loss, "the epoch's training loss")  # never save a diverged model
+    saved = save(state, False) if save is not None else "nothing on this rank"
+    raise Interrupted(f"stopped by {stop.name or 'a signal to another rank'} at epoch {state.epoch + 1}, "
+                      f"step {state.step}; saved {saved}", stop.received or 15)
 
 
 def _duration(seconds: float) -> str:
@@ -270,6 +334,8 @@ def fit(
     save: SaveFn | None = None,
     stop=None,
     state: TrainState | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    profiler: torch.profiler.profile | None = None,
 ) -> dict[str, float]:
     """Trains ``model`` up to ``config.max_epochs`` epochs and returns the last epoch's metrics.
 
@@ -285,11 +351,14 @@ def fit(
                     scheduler.step()                         # if interval == "step"
                     every log_every_n_steps steps: log train/loss (mean since the last point), lr/group<i>
                     stop requested (SIGINT/SIGTERM): save mid-epoch, raise Interrupted
-            evaluate on val_loader: val/loss and val/<name> of every metric; log them, train/epoch_loss and epoch
-                at the epoch's last step
+                    ema.update_parameters(model)             # with trainer.ema_decay
+                    profiler.step()                          # with trainer.profile_steps
+            evaluate (the EMA if any) on val_loader: val/loss and val/<name> of every metric; log them,
+                train/epoch_loss and epoch at the epoch's last step
             scheduler.step()                                 # if interval == "epoch"
-            save every checkpoint_every_n_epochs epochs, at the end, and on a new best of config.monitor
-            log the epoch's line
+            rank the epoch by config.monitor: a new best? among the save_top_k best?
+            save every checkpoint_every_n_epochs epochs, at the end, on a new best or top-k entry, and on a stop
+            log the epoch's line; stop here if early stopping says so
 
     x of every logged scalar is the global optimizer step; ``lr/group<i>`` is the LR the logged step used.
     Loss sums stay on the device between logging points, so a step has no host-device sync, except with
@@ -313,13 +382,18 @@ def fit(
         save: ``save(state, is_best)`` writes a checkpoint and says what it wrote; ``None`` saves nothing.
         stop: anything with ``requested`` and ``name`` (:class:`harness.signals.StopOnSignal`).
         state: where to start, from a checkpoint; updated as training goes. ``None`` starts at epoch 0.
+        ema: an ``AveragedModel`` of ``model`` (:func:`harness.ema.build_ema`), updated after every
+            optimizer step and validated instead of ``model``.
+        profiler: a started ``torch.profiler.profile``, stepped after every optimizer step.
 
     Returns:
         The last epoch's ``train/loss`` (its mean), ``val/loss``, ``val/<name>`` of each metric,
-        ``lr/group<i>``, ``epoch`` and ``step``; empty if no epoch was left to train.
+        ``lr/group<i>``, ``epoch`` and ``step``; empty if no epoch was left to train (or early stopping
+        had already stopped the run).
 
     Raises:
-        ValueError: ``config.monitor`` is not one of :func:`monitorable`, or its direction is unknown.
+        ValueError: ``config.monitor`` (or the early stopping's) is not one of :func:`monitorable`, or its
+            direction is unknown.
         TrainingError: the loss became NaN or infinite.
         Interrupted: ``stop`` was requested; ``save`` wrote the state after the last step.
     """
@@ -328,7 +402,12 @@ def fit(
     if len(train_loader) == 0:
         raise ValueError("the training loader is empty")
     cfg, state, metrics = config, state if state is not None else TrainState(), metrics or {}
-    mode = _checked_monitor_direction(cfg, metrics)
+    mode = checked_direction("monitor", cfg.monitor, cfg.monitor_mode, metrics)
+    stop_mode = checked_direction("early_stopping.monitor", cfg.early_stopping.monitor, cfg.early_stopping.mode,
+                                  metrics)
+    if (reason := finished_reason(state, cfg)) is not None:
+        log.debug("nothing to train: %s", reason)
+        return {}
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     nonfinite = NonFinitePolicy(cfg.on_nonfinite, cfg.nonfinite_patience, state)
     n_batches, results = len(train_loader), {}
@@ -371,6 +450,10 @@ def fit(
                 lrs = [group["lr"] for group in optimizer.param_groups]
                 if interval == "step":
                     scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                if profiler is not None:
+                    profiler.step()
                 state.step += 1
                 logging_point = state.step % cfg.log_every_n_steps == 0
                 if logging_point:  # a host-device sync: the loss sums come over
@@ -386,17 +469,14 @@ def fit(
                     state.window_loss, state.window_samples = 0.0, 0
                 if _stop_requested(stop, logging_point or state.batch == n_batches, device):
                     state.epoch_loss, state.window_loss = sums.tolist()
-                    nonfinite.check(state.epoch_loss, "the epoch's training loss")  # never save a diverged model
-                    saved = save(state, False) if save is not None else "nothing on this rank"
-                    raise Interrupted(f"stopped by {stop.name or 'a signal to another rank'} at epoch {epoch + 1}, "
-                                      f"step {state.step}; saved {saved}", stop.received or 15)
+                    _save_and_stop(state, nonfinite, save, stop)
         state.epoch_loss, state.window_loss = sums.tolist()
         loss_sum, samples = sum_over_ranks([state.epoch_loss, state.epoch_samples], device)
         if samples == 0:
             raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped")
         train_loss = loss_sum / samples
         nonfinite.check(train_loss, "the epoch's mean training loss")
-        val = evaluate(model, val_loader, device, loss_fn, metrics, cfg.precision)
+        val = evaluate(ema if ema is not None else model, val_loader, device, loss_fn, metrics, cfg.precision)
         nonfinite.check(val["val/loss"], "the validation loss")
         if logger is not None:
             logger.log({"train/epoch_loss": train_loss, **val, "epoch": epoch + 1}, state.step)
@@ -409,9 +489,15 @@ def fit(
         is_best = state.improves(results[cfg.monitor], mode)
         if is_best:
             state.best, state.best_epoch = results[cfg.monitor], epoch + 1
+        in_top_k = state.enters_top_k(results[cfg.monitor], mode, cfg.save_top_k)
+        stop_reason = _early_stop(cfg, state, results, stop_mode)
         every = cfg.checkpoint_every_n_epochs
-        if save is not None and ((every and state.epoch % every == 0) or state.epoch == cfg.max_epochs or is_best):
+        due = (every and state.epoch % every == 0) or state.epoch == cfg.max_epochs or stop_reason
+        if save is not None and (due or is_best or in_top_k):
             save(state, is_best)
         log.info("epoch %d/%d  train/loss %.4f  %s  lr %.4g  (%s)", epoch + 1, cfg.max_epochs, train_loss,
                  "  ".join(f"{k} {v:.4f}" for k, v in val.items()), lrs[0], _duration(time.perf_counter() - started))
+        if stop_reason:
+            log.info("early stopping at epoch %d: %s", epoch + 1, stop_reason)
+            break
     return results

@@ -94,5 +94,7 @@ def test_the_trainer_yaml_and_its_schema_agree():
     from harness.loop import TrainerConfig
 
     # monitor follows the task in the YAML (val/acc for classification); the schema's default needs no task
-    yaml = dataclasses.replace(trainer_config(compose_config()), monitor="val/loss")
+    yaml = trainer_config(compose_config())
+    yaml = dataclasses.replace(yaml, monitor="val/loss",
+                               early_stopping=dataclasses.replace(yaml.early_stopping, monitor="val/loss"))
     assert yaml == TrainerConfig(), "conf/trainer/default.yaml and TrainerConfig differ"

@@ -92,6 +92,10 @@ DAMAGED_CHECKPOINTS = [  # (what is changed, the value, what the one line says)
     ("rng.python.state", torch.arange(5), "rng.python.state is not a generator state"),
     ("rng.numpy.bit_generator", "PCG64", "rng.numpy is not a NumPy MT19937 generator state"),
     ("steps_per_epoch", 0, "steps_per_epoch=0 must be an integer >= 1"),
+    ("train_state.top_k", [[0.5]], "train_state.top_k=[[0.5]] must be a list of [value, epoch] pairs"),
+    ("train_state.early_stop", {"stale": -1}, "train_state.early_stop={'stale': -1} must be a dict with best"),
+    ("ema", {"module.w": "weights"}, "ema['module.w'] is a str, not a tensor"),
+    ("loggers", {"mlflow": 7}, "loggers is not a dict of logger names to run ids"),
 ]
 
 
