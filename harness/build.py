@@ -9,6 +9,7 @@ metric); one without it is built as it stands. Keys a group holds for the harnes
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -215,12 +216,17 @@ def build_loggers(node: DictConfig | None, run_dir: str | Path, purge_step: int 
                   run_ids: dict[str, str] | None = None) -> LoggerGroup:
     """The ``logger`` group's loggers (``logger=[tensorboard,csv]`` picks two; ``logger=[]`` none), each
     given the run directory and, on resume, the first step it logs and its run id from the checkpoint."""
-    loggers = {}
-    for name, spec in (node or {}).items():
-        _require_partial(f"logger.{name}", spec, "the run directory")
-        loggers[name] = instantiate_group(f"logger.{name}", spec, run_dir=Path(run_dir), purge_step=purge_step,
-                                          run_id=(run_ids or {}).get(name))
-    return LoggerGroup(loggers)
+    group = LoggerGroup({})
+    try:
+        for name, spec in (node or {}).items():
+            _require_partial(f"logger.{name}", spec, "the run directory")
+            group.loggers[name] = instantiate_group(f"logger.{name}", spec, run_dir=Path(run_dir),
+                                                    purge_step=purge_step, run_id=(run_ids or {}).get(name))
+    except BaseException:
+        with contextlib.suppress(Exception):  # the ones already open; the error to report is the one raised
+            group.close("failed")
+        raise
+    return group
 
 
 @dataclass

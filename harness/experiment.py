@@ -170,7 +170,8 @@ def _check_resumable(checkpoint: dict, config: dict, c: Components) -> None:
     if old_steps is not None and old_steps != len(c.train_loader):
         raise CheckpointError(
             f"cannot resume: an epoch is now {len(c.train_loader)} steps, in the checkpoint {old_steps} "
-            "(data.batch_size or the data changed); resume with the checkpoint's data settings"
+            "(data.batch_size, the data, trainer.limit_train_batches or overfit_batches changed); resume with "
+            "the checkpoint's settings"
         )
     changes = config_changes(saved, config)
     if changes:
@@ -295,19 +296,20 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
         finished else contextlib.nullcontext()
     status = "failed"
     try:
-        with StopOnSignal() as stop, tracing as trace:
+        with StopOnSignal() as stop:
             tests = c.task.names("test") if trainer.test_at_end else []
             loggers.log_hparams(hparams_overridden_first(config), ["train/epoch_loss", *c.task.names("val"), *tests])
-            metrics = fit(c.model, c.optimizer, c.scheduler, c.train_loader, c.val_loader, trainer, device=c.device,
-                          interval=c.interval, loss_fn=c.task.loss, metrics=c.task.metrics, scaler=c.scaler,
-                          logger=loggers, save=checkpointer.save if checkpointer else None, stop=stop, state=state,
-                          ema=c.ema, profiler=trace)
-        if trace is not None:
-            log.info("profile of %d steps: %s (open it in ui.perfetto.dev or TensorBoard's profile plugin)",
-                     trainer.profile_steps, run_dir / "profile")
-        if trainer.test_at_end:
-            best = _best_checkpoint(run_dir, resume_from)
-            metrics = {**(metrics or state.metrics), **test_best(c, best, loggers, state.step)}
+            with tracing as trace:
+                metrics = fit(c.model, c.optimizer, c.scheduler, c.train_loader, c.val_loader, trainer,
+                              device=c.device, interval=c.interval, loss_fn=c.task.loss, metrics=c.task.metrics,
+                              scaler=c.scaler, logger=loggers, save=checkpointer.save if checkpointer else None,
+                              stop=stop, state=state, ema=c.ema, profiler=trace)
+            if trace is not None:
+                log.info("profile of %d steps: %s (open it in ui.perfetto.dev or TensorBoard's profile plugin)",
+                         trainer.profile_steps, run_dir / "profile")
+            if trainer.test_at_end:
+                best = _best_checkpoint(run_dir, resume_from)
+                metrics = {**(metrics or state.metrics), **test_best(c, best, loggers, state.step)}
         status = "finished"
     except (Interrupted, Stopped):
         status = "interrupted"

@@ -8,11 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-from torch.utils.data import DataLoader, TensorDataset
+# The suite runs in one worker process per core (pytest-xdist, `-n auto` in pyproject.toml). Each worker, and
+# every train.py it starts, computes on one CPU thread, so the workers share the cores instead of
+# oversubscribing them (torch's spinning threads would slow every test several times over).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
