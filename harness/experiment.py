@@ -305,8 +305,7 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
                               scaler=c.scaler, logger=loggers, save=checkpointer.save if checkpointer else None,
                               stop=stop, state=state, ema=c.ema, profiler=trace)
             if trace is not None:
-                log.info("profile of %d steps: %s (open it in ui.perfetto.dev or TensorBoard's profile plugin)",
-                         trainer.profile_steps, run_dir / "profile")
+                _report_trace(run_dir / "profile", trainer.profile_steps)
             if trainer.test_at_end:
                 best = _best_checkpoint(run_dir, resume_from)
                 metrics = {**(metrics or state.metrics), **test_best(c, best, loggers, state.step)}
@@ -328,6 +327,17 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
     log.info("final: %s", "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     log.info("run directory: %s", run_dir.resolve())
     return metrics
+
+
+def _report_trace(folder: Path, steps: int) -> None:
+    """Says where the profiler's trace is, or why there is none."""
+    traces = sorted(folder.glob("*.pt.trace.json"))
+    if traces:
+        log.info("profile of %d steps: %s (open it in ui.perfetto.dev, or TensorBoard's profile plugin)", steps,
+                 traces[-1])
+    else:
+        log.warning("no profile written: the run ended before the profiler's %d steps (it waits 1 and warms up 1); "
+                    "lower trainer.profile_steps or train longer", steps)
 
 
 def _close(loggers: LoggerGroup, status: str) -> None:

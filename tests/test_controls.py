@@ -7,14 +7,16 @@ import pytest
 import torch
 
 import harness
+from harness.build import set_deterministic
 from harness.checkpoint import Checkpointer, load_checkpoint, top_k_name
 from harness.early_stopping import EarlyStopping
 from harness.ema import build_ema
 from harness.errors import ConfigError
+from harness.evaluation import evaluate_checkpoint
 from harness.loggers import MemoryLogger
-from harness.loop import TrainerConfig, TrainState, fit
+from harness.loop import TrainerConfig, TrainState, evaluate, fit
 from harness.schedulers import ConstantScheduler
-from tests.conftest import compose_config, toy_problem
+from tests.conftest import STEPS_PER_EPOCH, compose_config, toy_problem
 
 CPU = torch.device("cpu")
 BASE = ["trainer.device=cpu", "trainer.progress_bar=false", "trainer.log_every_n_steps=5"]
@@ -161,8 +163,6 @@ def test_ema_is_the_hand_computed_average_and_validation_uses_it():
     for mine, torchs in zip(average, ema.module.parameters()):
         torch.testing.assert_close(torchs, mine, rtol=1e-6, atol=1e-7)
     assert not torch.equal(next(model.parameters()), next(ema.module.parameters()))
-    from harness.loop import evaluate
-
     assert logger.series("val/loss")[-1][1] == pytest.approx(evaluate(ema, val, CPU)["val/loss"], rel=1e-12)
 
 
@@ -175,9 +175,7 @@ def test_ema_resumes_exactly_and_the_test_uses_it(tmp_path):
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["ema"]
     b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["ema"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert int(a["n_averaged"]) == 3 * 17
-    from harness.evaluation import evaluate_checkpoint
-
+    assert int(a["n_averaged"]) == 3 * STEPS_PER_EPOCH  # one update per optimizer step
     best = load_checkpoint(tmp_path / "full" / "checkpoints" / "best.pt")
     torch.save(best, tmp_path / "best.pt")
     assert evaluate_checkpoint(tmp_path / "best.pt")["test/loss"] == full["test/loss"]  # eval.py agrees
@@ -197,8 +195,6 @@ class PutLoss(torch.nn.Module):
 
 
 def test_deterministic_mode_is_on_for_the_run_and_an_op_without_it_fails_in_one_line(tmp_path):
-    from harness.build import set_deterministic
-
     try:
         first = run(tmp_path, "a", "trainer.deterministic=true", "trainer.max_epochs=1")
         assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
