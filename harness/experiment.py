@@ -333,8 +333,8 @@ def _report_trace(folder: Path, steps: int) -> None:
     """Says where the profiler's trace is, or why there is none."""
     traces = sorted(folder.glob("*.pt.trace.json"))
     if traces:
-        log.info("profile of %d steps: %s (open it in ui.perfetto.dev, or TensorBoard's profile plugin)", steps,
-                 traces[-1])
+        log.info("profiler trace (trainer.profile_steps=%d): %s; open it in ui.perfetto.dev or TensorBoard's "
+                 "profile plugin", steps, traces[-1])
     else:
         log.warning("no profile written: the run ended before the profiler's %d steps (it waits 1 and warms up 1); "
                     "lower trainer.profile_steps or train longer", steps)
