@@ -11,6 +11,7 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from harness.errors import HarnessError, Stopped
 from harness.rundir import check_run_dir, note_created, remove_unused_claims
@@ -28,6 +29,7 @@ _PLUGIN_OPTIONS = {
     "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
     "hydra/launcher=submitit": "hydra_plugins.hydra_submitit_launcher",
 }
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the config groups, one folder each
 
 
 def _reopen_closed_std_streams() -> None:
@@ -67,7 +69,8 @@ def _unquote(value: str) -> str:
 
 def check_command_line(argv: list[str]) -> None:
     """Checks what Hydra would act on before anything is written: the sweep plugins the command line asks
-    for are installed, and an explicit ``hydra.run.dir`` / ``hydra.sweep.dir`` can be a run directory.
+    for are installed, no config group is set to ``null``, and an explicit ``hydra.run.dir`` /
+    ``hydra.sweep.dir`` can be a run directory.
 
     Raises:
         HarnessError: in one line, with the fix.
@@ -81,6 +84,11 @@ def check_command_line(argv: list[str]) -> None:
                     raise HarnessError(f"{arg} needs a Hydra plugin that is not installed; "
                                        "install the sweep extra: pip install -e \".[sweep]\"")
         key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and value == "null" and (CONF / key).is_dir():  # Hydra would answer with a traceback
+            options = ", ".join(sorted(p.stem for p in (CONF / key).glob("*.yaml")))
+            none = "; logger=[] logs nothing" if key == "logger" else ""
+            raise HarnessError(f"{arg}: a config group takes one of its options ({options}), or leave it out "
+                               f"for its default{none}")
         if sep and key in ("hydra.run.dir", "hydra.sweep.dir"):
             path = _unquote(value)
             check_run_dir(path, key)

@@ -1,6 +1,7 @@
 """The logger group through whole runs: several loggers see the same numbers; a resume continues the MLflow run."""
 
 import csv
+import re
 
 import pytest
 
@@ -58,3 +59,13 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path):
 
     run(tmp_path / "fork", *args, "trainer.max_epochs=4", f"resume={tmp_path / 'run' / 'checkpoints' / 'best.pt'}")
     assert load_checkpoint(tmp_path / "fork" / "checkpoints" / "last.pt")["loggers"]["mlflow"] != run_id
+
+
+@pytest.mark.parametrize("arg, hint", [("logger=null", "logger=[] logs nothing"), ("model=null", "cnn, mlp")])
+def test_a_group_set_to_null_is_one_line_naming_its_options(arg, hint):
+    from harness.cli import check_command_line
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match=rf"{arg}: a config group takes one of its options .*{re.escape(hint)}"):
+        check_command_line(["trainer.max_epochs=3", arg])
+    check_command_line(["optimizer.weight_decay=null"])  # a null value for a key is fine
