@@ -304,6 +304,12 @@ def _stop_requested(stop, synced: bool, device: torch.device) -> bool:
     return synced and any_rank(stop.requested, device)
 
 
+def _scale_gradients(model: nn.Module, factor: float) -> None:
+    for param in model.parameters():
+        if param.grad is not None:
+            param.grad.mul_(factor)
+
+
 def _save_and_stop(state: TrainState, nonfinite: NonFinitePolicy, save: SaveFn | None, stop) -> None:
     """Saves the state mid-epoch (unless its loss diverged) and raises :class:`Interrupted`."""
     nonfinite.check(state.epoch_loss, "the epoch's training loss")  # never save a diverged model
@@ -440,9 +446,7 @@ def fit(
                 if state.batch < group_start + group_size:
                     continue  # gradients add up until the accumulation group is complete
                 if trained_in_group and skipped_in_group:  # the mean over the group's batches that trained
-                    for param in model.parameters():
-                        if param.grad is not None:
-                            param.grad.mul_(group_size / trained_in_group)
+                    _scale_gradients(model, group_size / trained_in_group)
                 stepped = trained_in_group > 0 and optimizer_step(model, optimizer, scaler, cfg.grad_clip)
                 trained_in_group = skipped_in_group = 0
                 if not stepped:
@@ -486,8 +490,7 @@ def fit(
         if interval == "epoch":
             scheduler.step()
         state.epoch, state.batch, state.epoch_loss, state.epoch_samples = epoch + 1, 0, 0.0, 0
-        is_best = state.improves(results[cfg.monitor], mode)
-        if is_best:
+        if is_best := state.improves(results[cfg.monitor], mode):
             state.best, state.best_epoch = results[cfg.monitor], epoch + 1
         in_top_k = state.enters_top_k(results[cfg.monitor], mode, cfg.save_top_k)
         stop_reason = _early_stop(cfg, state, results, stop_mode)
