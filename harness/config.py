@@ -137,6 +137,20 @@ def metric_direction_of(cfg: DictConfig, metric: str) -> str:
         raise ConfigError(str(e)) from None
 
 
+def _check_monitored(cfg: DictConfig, trainer: TrainerConfig) -> None:
+    """The metrics the run watches (``trainer.monitor``, ``optimized_metric``, the early stopping's) are
+    metrics of its task, on validation or training, and have a known direction."""
+    names = task_metrics(cfg)
+    for key, value in (("trainer.monitor", trainer.monitor), ("optimized_metric", _get(cfg, "optimized_metric")),
+                       ("trainer.early_stopping.monitor", trainer.early_stopping.monitor)):
+        if value not in names:
+            honest = " (the test split only reports; choose on validation)" if str(value).startswith("test/") else ""
+            raise ConfigError(f"{key}={value!r} is not a metric of this run{honest}; choose one of {', '.join(names)}")
+    metric_direction_of(cfg, trainer.monitor)
+    if trainer.early_stopping.mode == "auto":
+        metric_direction_of(cfg, trainer.early_stopping.monitor)
+
+
 def validate(cfg: DictConfig) -> TrainerConfig:
     """Raises :class:`ConfigError` for the first wrong value in ``cfg``; returns the trainer settings.
 
@@ -158,15 +172,7 @@ def validate(cfg: DictConfig) -> TrainerConfig:
             isinstance(t, DictConfig) and "_target_" in t for t in transforms)):
         raise ConfigError(f"data.train_transforms={_plain(transforms)!r} must be a list of {{_target_: ...}} entries, "
                           "e.g. [{_target_: torchvision.transforms.v2.RandomHorizontalFlip}]")
-    names = task_metrics(cfg)
-    for key, value in (("trainer.monitor", trainer.monitor), ("optimized_metric", _get(cfg, "optimized_metric")),
-                       ("trainer.early_stopping.monitor", trainer.early_stopping.monitor)):
-        if value not in names:
-            honest = " (the test split only reports; choose on validation)" if str(value).startswith("test/") else ""
-            raise ConfigError(f"{key}={value!r} is not a metric of this run{honest}; choose one of {', '.join(names)}")
-    metric_direction_of(cfg, trainer.monitor)
-    if trainer.early_stopping.mode == "auto":
-        metric_direction_of(cfg, trainer.early_stopping.monitor)
+    _check_monitored(cfg, trainer)
     loggers = _get(cfg, "logger", required=False)
     if loggers not in (_MISSING, None) and not (isinstance(loggers, DictConfig) and all(
             isinstance(spec, DictConfig) and "_target_" in spec for spec in loggers.values())):
