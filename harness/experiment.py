@@ -24,7 +24,7 @@ from harness.config import metric_direction_of, validate
 from harness.debug import profiler
 from harness.distributed import broadcast_object, world
 from harness.ema import evaluation_weights
-from harness.errors import CheckpointError, ConfigError, Interrupted, Stopped, TrainingError
+from harness.errors import CheckpointError, ConfigError, TrainingError
 from harness.loggers import Logger, LoggerGroup
 from harness.loop import TrainState, evaluate, finished_reason, fit, monitor_direction
 from harness.rundir import RunLock, claim, claim_as, note_created, remove_if_unused
@@ -294,9 +294,8 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
     trainer = c.trainer if main else dataclasses.replace(c.trainer, progress_bar=False)
     tracing = profiler(run_dir, trainer.profile_steps, c.device) if main and trainer.profile_steps and not \
         finished else contextlib.nullcontext()
-    status = "failed"
     try:
-        with StopOnSignal() as stop:
+        with loggers, StopOnSignal() as stop:  # the loggers close last, with how the run ended
             tests = c.task.names("test") if trainer.test_at_end else []
             loggers.log_hparams(hparams_overridden_first(config), ["train/epoch_loss", *c.task.names("val"), *tests])
             with tracing as trace:
@@ -309,10 +308,6 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
             if trainer.test_at_end:
                 best = _best_checkpoint(run_dir, resume_from)
                 metrics = {**(metrics or state.metrics), **test_best(c, best, loggers, state.step)}
-        status = "finished"
-    except (Interrupted, Stopped):
-        status = "interrupted"
-        raise
     except TrainingError as e:
         latest = checkpointer.latest if checkpointer else None
         raise TrainingError(f"{e}; {f'last good checkpoint: {latest}' if latest else 'no checkpoint yet'}") from e
@@ -322,8 +317,6 @@ def _train(cfg: DictConfig, c: Components, run_dir: Path, checkpoint: dict | Non
             raise ConfigError(f"trainer.deterministic=true, but {op} has no deterministic implementation on "
                               f"{c.device}; set trainer.deterministic=false (or avoid that op)") from e
         raise
-    finally:
-        _close(loggers, status)
     log.info("final: %s", "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     log.info("run directory: %s", run_dir.resolve())
     return metrics
@@ -338,18 +331,6 @@ def _report_trace(folder: Path, steps: int) -> None:
     else:
         log.warning("no profile written: the run ended before the profiler's %d steps (it waits 1 and warms up 1); "
                     "lower trainer.profile_steps or train longer", steps)
-
-
-def _close(loggers: LoggerGroup, status: str) -> None:
-    """Closes the loggers. After a failure or a stop, a logger that can't close either (an MLflow server gone)
-    is a warning: the run's own error is the one to report."""
-    if status == "finished":
-        loggers.close(status)
-        return
-    try:
-        loggers.close(status)
-    except Exception as e:
-        log.warning("could not close the loggers: %s", " ".join(str(e).split())[:300])
 
 
 def _best_checkpoint(run_dir: Path, resume_from: Path | None) -> Path:

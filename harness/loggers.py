@@ -37,7 +37,8 @@ _Self = TypeVar("_Self", bound="_Closing")
 
 
 class _Closing:
-    """``with logger:`` closes it with the status its block ended in."""
+    """``with logger:`` closes it with the status its block ended in. After a failure or a stop, a close that
+    fails too is a warning, so the block's own error is what propagates."""
 
     def close(self, status: str = "finished") -> None:
         raise NotImplementedError
@@ -46,7 +47,13 @@ class _Closing:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        self.close(_status(exc))
+        if exc is None:
+            self.close("finished")
+            return
+        try:
+            self.close(_status(exc))
+        except Exception as e:  # an MLflow server gone, say: the block's own error is the one to report
+            log.warning("could not close %s: %s", type(self).__name__, _first_line(e)[:300])
 
 
 def _status(exc: BaseException | None) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError, RunDirError
+from harness.errors import ConfigError, Interrupted, RunDirError, TrainingError
 from harness.loggers import CSVLogger, LoggerGroup, MemoryLogger, MLflowLogger, TensorBoardLogger, WandbLogger
 from tests.conftest import event_files, read_scalars
 
@@ -211,6 +211,25 @@ def test_logger_group_fans_out_and_closes_every_logger():
     assert second.hparams == {"optimizer.lr": 0.1} and second.metric_tags == ["val/acc"]
     assert first.status == second.status == "interrupted"
     assert group.run_ids == {"first": "abc"} and len(group) == 2
+
+
+def test_with_a_logger_the_block_s_own_error_wins_over_a_failing_close(caplog):
+    class FailsToClose(MemoryLogger):
+        def close(self, status="finished"):
+            super().close(status)
+            raise RunDirError("disk full")
+
+    group = LoggerGroup({"mlflow": FailsToClose(), "csv": MemoryLogger()})
+    with pytest.raises(TrainingError, match="loss is nan"), group:
+        raise TrainingError("loss is nan")
+    assert [logger.status for logger in group.loggers.values()] == ["failed", "failed"]
+    assert "could not close LoggerGroup: disk full" in caplog.text
+    stopped = FailsToClose()
+    with pytest.raises(Interrupted), stopped:
+        raise Interrupted("stopped by SIGTERM", 15)
+    assert stopped.status == "interrupted"
+    with pytest.raises(RunDirError, match="disk full"), FailsToClose():  # a run that ended well: the close fails it
+        pass
 
 
 def test_an_empty_logger_group_logs_nothing():
