@@ -228,6 +228,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             lock.release()
 
 
+def _in_place(resume_from: Path, run_dir: Path) -> bool:
+    """Whether a resume from ``resume_from`` (``<run dir>/checkpoints/<file>``) continues in its own ``run_dir``."""
+    return resume_from.parent.parent.resolve() == run_dir.resolve()
+
+
 def _check_start(run_dir: Path, checkpoint: dict | None, resume_from: Path | None) -> None:
     """Refuses to start afresh over a run's checkpoints; says where a resume from another run continues."""
     existing = run_dir / "checkpoints" / LAST
@@ -241,7 +246,7 @@ def _check_start(run_dir: Path, checkpoint: dict | None, resume_from: Path | Non
             f"resuming from {resume_from} in {run_dir} would overwrite its newer {existing}; give another "
             "directory (hydra.run.dir=...), which `python train.py resume=...` picks by itself"
         )
-    if resume_from is None or resume_from.parent.parent.resolve() == run_dir.resolve():
+    if resume_from is None or _in_place(resume_from, run_dir):
         return
     newer = resume_from.with_name(LAST)
     kept = resume_from.parent.name == "checkpoints" and newer.exists()
@@ -268,7 +273,7 @@ def _open_loggers(cfg: DictConfig, run_dir: Path, state: TrainState, checkpoint:
                   resume_from: Path | None) -> LoggerGroup:
     """The run's loggers. A resume in the run's own directory continues its logger runs (MLflow's, W&B's);
     one in a new directory starts new ones, as it starts a new TensorBoard run."""
-    in_place = resume_from is not None and resume_from.parent.parent.resolve() == run_dir.resolve()
+    in_place = resume_from is not None and _in_place(resume_from, run_dir)
     run_ids = checkpoint.get("loggers", {}) if checkpoint is not None and in_place else {}
     return build_loggers(cfg.get("logger"), run_dir, purge_step=state.step + 1 if checkpoint else None,
                          run_ids=run_ids)
